@@ -1,0 +1,1 @@
+"""meetinghooks domain: config, models and services. Imports neither Flask nor Celery."""

@@ -1,0 +1,136 @@
+"""Settings read from the environment once, typed and validated at start-up."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook
+
+from core.errors import ConfigError
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+DEFAULT_RETRY_SCHEDULE = (5, 300, 1800, 7200, 18000, 36000, 36000)
+EMBEDDED_DIR = Path("var")
+# Loopback is admitted in the embedded mode only, so that a newcomer can point callbacks at a
+# receiver on the same machine (SPEC 6). Production starts with an empty allow-list.
+EMBEDDED_ALLOWED_NETWORKS = "127.0.0.0/8,::1/128"
+
+
+class Settings(BaseModel):
+    """Every setting of the service; build it with `Settings.from_env()` or directly in tests."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    database_url: str
+    broker_url: str
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    public_base_url: str = ""
+    ingest_signing_secret: str | None = None
+    presenter_link_ttl_seconds: Annotated[int, Field(ge=1)] = 600
+    callback_allowed_networks: tuple[IPNetwork, ...] = ()
+    retry_schedule: tuple[int, ...] = DEFAULT_RETRY_SCHEDULE
+    callback_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 15.0
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024
+    inbox_sweep_after_seconds: Annotated[float, Field(gt=0)] = 5.0
+    sweep_interval_seconds: Annotated[float, Field(gt=0)] = 2.0
+    broker_polling_interval: Annotated[float, Field(gt=0)] = 0.1
+    # Redis only: a prefix for every broker key, so that deployments (or test runs) can share
+    # one Redis database without seeing each other's queues.
+    broker_key_prefix: str = ""
+    embedded: bool = False
+    log_level: str = "INFO"
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _strip_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @field_validator("ingest_signing_secret")
+    @classmethod
+    def _usable_ingest_secret(cls, value: str | None) -> str | None:
+        # A secret the verifier cannot use would fail every request at run time: refuse it now.
+        if value is not None:
+            try:
+                Webhook(value)
+            except (ValueError, EmptyWebhookSecretError):
+                raise ValueError("must be a Standard Webhooks secret: whsec_<base64>") from None
+        return value
+
+    @field_validator("retry_schedule")
+    @classmethod
+    def _schedule_not_empty(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or any(seconds < 0 for seconds in value):
+            raise ValueError("must be a non-empty list of non-negative seconds")
+        return value
+
+    @property
+    def base_url(self) -> str:
+        """Return the public base URL, defaulting to http://HOST:PORT."""
+        return self.public_base_url or f"http://{self.host}:{self.port}"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read settings from the environment; raise ConfigError naming every bad variable.
+
+        Without DATABASE_URL and BROKER_URL the service runs embedded: SQLite and kombu's
+        SQLAlchemy transport under ./var, loopback callbacks allowed. Outside the embedded
+        mode secrets have no defaults.
+        """
+        env = os.environ if environ is None else environ
+        embedded = not env.get("DATABASE_URL") and not env.get("BROKER_URL")
+        if embedded:
+            EMBEDDED_DIR.mkdir(exist_ok=True)
+        raw: dict[str, object] = {
+            "database_url": env.get("DATABASE_URL")
+            or f"sqlite:///{(EMBEDDED_DIR / 'meetinghooks.sqlite3').resolve()}",
+            "broker_url": env.get("BROKER_URL")
+            or f"sqla+sqlite:///{(EMBEDDED_DIR / 'broker.sqlite3').resolve()}",
+            "embedded": embedded,
+        }
+        simple = {
+            "HOST": "host",
+            "PORT": "port",
+            "PUBLIC_BASE_URL": "public_base_url",
+            "INGEST_SIGNING_SECRET": "ingest_signing_secret",
+            "PRESENTER_LINK_TTL_SECONDS": "presenter_link_ttl_seconds",
+            "CALLBACK_TIMEOUT_SECONDS": "callback_timeout_seconds",
+            "MAX_BODY_BYTES": "max_body_bytes",
+            "INBOX_SWEEP_AFTER_SECONDS": "inbox_sweep_after_seconds",
+            "SWEEP_INTERVAL_SECONDS": "sweep_interval_seconds",
+            "BROKER_POLLING_INTERVAL": "broker_polling_interval",
+            "BROKER_KEY_PREFIX": "broker_key_prefix",
+            "LOG_LEVEL": "log_level",
+        }
+        for name, field in simple.items():
+            if env.get(name):
+                raw[field] = env[name]
+        networks = env.get("CALLBACK_ALLOWED_NETWORKS")
+        if networks is None and embedded:
+            networks = EMBEDDED_ALLOWED_NETWORKS
+        raw["callback_allowed_networks"] = _split(networks or "")
+        if env.get("RETRY_SCHEDULE"):
+            raw["retry_schedule"] = _split(env["RETRY_SCHEDULE"])
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            names = {field: name for name, field in simple.items()}
+            names.update(
+                callback_allowed_networks="CALLBACK_ALLOWED_NETWORKS",
+                retry_schedule="RETRY_SCHEDULE",
+            )
+            problems = [
+                f"{names.get(str(err['loc'][0]), str(err['loc'][0]))}: {err['msg']}"
+                for err in exc.errors()
+            ]
+            raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+
+
+def _split(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]

@@ -1,0 +1,18 @@
+"""All mapped models; importing this package registers every table on `core.db.metadata`."""
+
+from core.models.accounts import SCOPES, AccessToken, User
+from core.models.events import Delivery, DeliveryAttempt, Event
+from core.models.meetings import EVENT_TYPES, Meeting, PresenterLink, Webhook
+
+__all__ = [
+    "EVENT_TYPES",
+    "SCOPES",
+    "AccessToken",
+    "Delivery",
+    "DeliveryAttempt",
+    "Event",
+    "Meeting",
+    "PresenterLink",
+    "User",
+    "Webhook",
+]

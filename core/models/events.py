@@ -1,0 +1,109 @@
+"""Lifecycle events (the inbox), outgoing deliveries (the outbox) and their attempts."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+
+from core.db import Base, UTCDateTime, utcnow
+
+EVENT_SOURCES = ("presenter", "api", "platform")
+EVENT_OUTCOMES = (
+    "applied",  # changed the meeting's state
+    "duplicate",  # said again what the meeting already knew
+    "out-of-order",  # contradicted later-known facts (a start after the end); kept, not applied
+    "unknown-meeting",  # named no meeting we know; recorded and counted, never delivered
+)
+DELIVERY_STATUSES = ("pending", "succeeded", "failed")
+
+
+class Event(Base):
+    """One lifecycle event, stored once per (source, source_event_id).
+
+    The row is written before anything else happens, so it doubles as the durable inbox:
+    `processed_at` stays null until a worker has applied it.
+    """
+
+    __tablename__ = "events"
+    __table_args__ = (
+        sa.UniqueConstraint("source", "source_event_id"),
+        sa.Index("ix_events_unprocessed", "processed_at", "received_at"),
+        sa.Index("ix_events_meeting_time", "meeting_id", "occurred_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    public_id: Mapped[str] = mapped_column(sa.String(40), unique=True)
+    source: Mapped[str] = mapped_column(sa.String(16))
+    # The platform's webhook-id, or our own id for internal events.
+    source_event_id: Mapped[str] = mapped_column(sa.String(255))
+    type: Mapped[str] = mapped_column(sa.String(32))
+    occurred_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    user_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    meeting_id: Mapped[int | None] = mapped_column(sa.ForeignKey("meetings.id", ondelete="CASCADE"))
+    payload: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+    processed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    outcome: Mapped[str | None] = mapped_column(sa.String(32))
+    # How often the sweep re-enqueued it: a growing number means a poisoned event.
+    enqueue_count: Mapped[int] = mapped_column(default=0)
+    last_enqueued_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class Delivery(Base):
+    """One event to send to one callback URL: pending until a 2xx, or failed."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        sa.UniqueConstraint("event_id", "webhook_id"),
+        sa.Index("ix_deliveries_due", "status", "next_attempt_at"),
+        sa.Index("ix_deliveries_user_created", "user_id", "id"),
+        sa.CheckConstraint("status IN ('pending', 'succeeded', 'failed')", name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # The `webhook-id` header: stable across retries and redeliveries.
+    message_id: Mapped[str] = mapped_column(sa.String(40), unique=True)
+    event_id: Mapped[int] = mapped_column(sa.ForeignKey("events.id", ondelete="CASCADE"))
+    webhook_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("webhooks.id", ondelete="SET NULL"), index=True
+    )
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"))
+    meeting_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("meetings.id", ondelete="CASCADE"), index=True
+    )
+    event_type: Mapped[str] = mapped_column(sa.String(32))
+    callback_url: Mapped[str] = mapped_column(sa.String(2048))
+    # The exact body bytes, fixed when the delivery is created, so every retry is identical.
+    body: Mapped[str] = mapped_column(sa.Text)
+    status: Mapped[str] = mapped_column(sa.String(16), default="pending")
+    attempt_count: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # A worker holds the delivery until this time; past it the sweep may hand it to another.
+    locked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # When the sweep last sent a wake-up for it, so a due delivery is not re-enqueued on every
+    # sweep while its message waits in the queue.
+    last_enqueued_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    completed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class DeliveryAttempt(Base):
+    """One HTTP attempt of a delivery, as the delivery log shows it."""
+
+    __tablename__ = "delivery_attempts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("deliveries.id", ondelete="CASCADE"), index=True
+    )
+    attempted_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    status_code: Mapped[int | None]
+    latency_ms: Mapped[int | None]
+    error: Mapped[str | None] = mapped_column(sa.String(64))
+    response_body: Mapped[str | None] = mapped_column(sa.Text)

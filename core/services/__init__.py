@@ -1,0 +1,1 @@
+"""Domain logic as plain functions taking the session first; callers own the transaction."""

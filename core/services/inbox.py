@@ -1,0 +1,75 @@
+"""The inbox sweep: events recorded but not yet processed, because a wake-up was lost."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+
+from core.models import Event
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+# However often an event was re-sent, it is tried again at least this often.
+MAX_RESEND_WAIT = dt.timedelta(minutes=5)
+
+
+def resend_waits(older_than: dt.timedelta) -> list[dt.timedelta]:
+    """Return the wait before re-send k+1 (k = re-sends so far): doubling, capped."""
+    waits = [older_than]
+    while waits[-1] < MAX_RESEND_WAIT:
+        waits.append(min(waits[-1] * 2, MAX_RESEND_WAIT))
+    return waits
+
+
+def stale_unprocessed(
+    session: Session, *, now: dt.datetime, older_than: dt.timedelta, limit: int
+) -> list[int]:
+    """Return unprocessed events due for another wake-up, least recently (en)queued first.
+
+    The receiver enqueues once after commit; only what still waits `older_than` later is a
+    lost message, a crash between commit and enqueue, or a worker killed mid-task. Each
+    re-send doubles the next wait (up to MAX_RESEND_WAIT), so a long queue backlog is not
+    flooded with copies and an event that keeps failing cannot keep a worker busy.
+    """
+    last_try = sa.func.coalesce(Event.last_enqueued_at, Event.received_at)
+    waits = resend_waits(older_than)
+    # One bound cutoff per re-send count: portable SQL, no date arithmetic in the database.
+    due = sa.or_(
+        *(
+            sa.and_(Event.enqueue_count == count, last_try <= now - wait)
+            for count, wait in enumerate(waits[:-1])
+        ),
+        sa.and_(Event.enqueue_count >= len(waits) - 1, last_try <= now - waits[-1]),
+    )
+    return list(
+        session.scalars(
+            sa.select(Event.id)
+            .where(Event.processed_at.is_(None), due)
+            .order_by(last_try, Event.id)
+            .limit(limit)
+        )
+    )
+
+
+def mark_enqueued(session: Session, event_ids: list[int], now: dt.datetime) -> None:
+    """Note that the sweep re-sent these events (a growing count flags a poisoned event)."""
+    if event_ids:
+        session.execute(
+            sa.update(Event)
+            .where(Event.id.in_(event_ids))
+            .values(last_enqueued_at=now, enqueue_count=Event.enqueue_count + 1)
+        )
+
+
+def often_resent(session: Session, event_ids: list[int], at_least: int) -> list[int]:
+    """Return those of `event_ids` re-sent at least `at_least` times."""
+    if not event_ids:
+        return []
+    return list(
+        session.scalars(
+            sa.select(Event.id).where(Event.id.in_(event_ids), Event.enqueue_count >= at_least)
+        )
+    )

@@ -1,0 +1,84 @@
+"""Validation helpers shared by every payload: join.me's tolerant booleans, ISO times, errors."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, TypeVar
+
+from pydantic import BaseModel, BeforeValidator, ValidationError
+
+from core.errors import FieldError, ValidationFailed
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def _join_me_bool(value: Any) -> Any:
+    # Real join.me clients send "true"/"false"; anything else but a JSON boolean is refused.
+    if isinstance(value, bool):
+        return value
+    if value == "true":
+        return True
+    if value == "false":
+        return False
+    raise ValueError('must be a boolean (true, false, "true" or "false")')
+
+
+def _aware_datetime(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        parsed = value
+    elif isinstance(value, str):
+        try:
+            parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError("must be an ISO-8601 date-time") from None
+    else:
+        raise ValueError("must be an ISO-8601 date-time string")
+    if parsed.tzinfo is None:
+        raise ValueError("must carry a time zone (Z or an offset)")
+    try:
+        return parsed.astimezone(dt.UTC)
+    except OverflowError:
+        # 9999-12-31T23:59-05:00 is a valid ISO string whose UTC instant does not exist.
+        raise ValueError("is out of range") from None
+
+
+JoinMeBool = Annotated[bool, BeforeValidator(_join_me_bool)]
+AwareDatetime = Annotated[dt.datetime, BeforeValidator(_aware_datetime)]
+
+
+def parse_datetime(value: str, field: str) -> dt.datetime:
+    """Parse an aware ISO-8601 time from a query string; raise ValidationFailed naming `field`."""
+    try:
+        result: dt.datetime = _aware_datetime(value)
+    except ValueError as exc:
+        raise ValidationFailed(
+            f"{field}: {exc}", errors=[{"field": field, "message": str(exc)}]
+        ) from None
+    return result
+
+
+def field_errors(exc: ValidationError) -> list[FieldError]:
+    """Turn pydantic's errors into our `errors` list, one entry per bad field."""
+    errors: list[FieldError] = []
+    for err in exc.errors():
+        field = ".".join(str(part) for part in err["loc"]) or "body"
+        message = err["msg"].removeprefix("Value error, ")
+        errors.append({"field": field, "message": message})
+    return errors
+
+
+def validate(model: type[ModelT], data: Any) -> ModelT:
+    """Validate `data` into `model`, raising ValidationFailed listing every bad field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = field_errors(exc)
+        summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        raise ValidationFailed(f"invalid request: {summary}", errors=errors) from None
+
+
+def isoformat(value: dt.datetime | None) -> str | None:
+    """Render a time in UTC with a `Z`, or None."""
+    if value is None:
+        return None
+    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")

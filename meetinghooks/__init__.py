@@ -1,0 +1,1 @@
+"""The `meetinghooks` command: serve, work, migrate and manage accounts."""

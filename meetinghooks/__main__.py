@@ -1,0 +1,5 @@
+"""Allow `python -m meetinghooks`."""
+
+from meetinghooks.cli import main
+
+raise SystemExit(main())

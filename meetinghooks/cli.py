@@ -1,0 +1,245 @@
+"""Command-line entry point: `meetinghooks users|tokens|db|serve|worker|beat|run`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from core import migrate
+from core.config import Settings
+from core.db import make_engine, make_session_factory
+from core.errors import ConfigError, DomainError
+from core.models import SCOPES
+from core.services import accounts
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+def _session_factory(settings: Settings) -> sessionmaker[Session]:
+    if settings.embedded:
+        # The embedded database migrates itself, so `users create` works before `make run`.
+        migrate.upgrade(settings.database_url)
+    return make_session_factory(make_engine(settings.database_url))
+
+
+def cmd_users_create(args: argparse.Namespace) -> int:
+    """Create a user and print its token and signing secret."""
+    settings = _settings()
+    with _session_factory(settings).begin() as session:
+        user, issued = accounts.create_user(
+            session, email=args.email, full_name=args.name, personal_url=args.personal_url
+        )
+        result = {
+            "userId": user.id,
+            "email": user.email,
+            "fullName": user.full_name,
+            "personalUrl": user.personal_url,
+            "accessToken": issued.token,
+            "scopes": sorted(issued.record.scope_set),
+            "signingSecret": user.signing_secret,
+        }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"user {result['userId']} created: {user.email}")
+        print(f"access token (shown once): {issued.token}")
+        print(f"webhook signing secret:    {user.signing_secret}")
+    return 0
+
+
+def cmd_tokens_create(args: argparse.Namespace) -> int:
+    """Issue another access token for a user."""
+    settings = _settings()
+    scopes = tuple(args.scope) if args.scope else SCOPES
+    with _session_factory(settings).begin() as session:
+        user = accounts.find_user(session, args.email)
+        issued = accounts.create_token(session, user=user, scopes=scopes, label=args.label)
+        result = {"userId": user.id, "accessToken": issued.token, "scopes": list(scopes)}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"access token (shown once): {issued.token}")
+    return 0
+
+
+def cmd_tokens_revoke(args: argparse.Namespace) -> int:
+    """Revoke an access token."""
+    settings = _settings()
+    read_stdin = args.token == "-"  # noqa: S105  (a CLI convention, not a password)
+    token = sys.stdin.readline().strip() if read_stdin else args.token
+    with _session_factory(settings).begin() as session:
+        accounts.revoke_token(session, token)
+    print("token revoked")
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    """Migrate the database to the newest schema."""
+    migrate.upgrade(_settings().database_url, args.revision)
+    print("database is at", args.revision)
+    return 0
+
+
+def _gunicorn_argv(settings: Settings) -> list[str]:
+    return [
+        sys.executable, "-m", "gunicorn", "receiver.wsgi:app",
+        "--bind", f"{settings.host}:{settings.port}",
+        "--workers", os.environ.get("WEB_CONCURRENCY", "2"),
+        "--threads", os.environ.get("WEB_THREADS", "4"),
+        "--access-logfile", "-",
+        "--forwarded-allow-ips", os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
+    ]  # fmt: skip
+
+
+def _celery_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "workers.main", *args]
+
+
+def _worker_argv(extra: Sequence[str]) -> list[str]:
+    return _celery_argv("worker", "-Q", "events,deliveries", "-l", "INFO", *extra)
+
+
+def _beat_argv(extra: Sequence[str]) -> list[str]:
+    schedule = os.environ.get(
+        "BEAT_SCHEDULE_FILE", str(Path(tempfile.gettempdir()) / "meetinghooks-beat-schedule")
+    )
+    return _celery_argv("beat", "-l", "INFO", "-s", schedule, *extra)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the receiver under gunicorn."""
+    settings = _settings()
+    os.execv(sys.executable, _gunicorn_argv(settings))  # noqa: S606  (replace this process)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run a Celery worker on the events and deliveries queues."""
+    _settings()
+    os.execv(sys.executable, _worker_argv(args.extra))  # noqa: S606  (replace this process)
+
+
+def cmd_beat(args: argparse.Namespace) -> int:
+    """Run Celery beat: the periodic sweeps."""
+    _settings()
+    os.execv(sys.executable, _beat_argv(args.extra))  # noqa: S606  (replace this process)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Migrate, then run receiver, worker and beat together until interrupted."""
+    settings = _settings()
+    migrate.upgrade(settings.database_url)
+    children = [
+        subprocess.Popen(_worker_argv(["--concurrency", "2"])),
+        subprocess.Popen(_beat_argv([])),
+        subprocess.Popen(_gunicorn_argv(settings)),
+    ]
+    mode = "embedded (SQLite + SQLAlchemy broker under ./var)" if settings.embedded else "external"
+    print(
+        f"\nmeetinghooks is starting on {settings.base_url} ({mode}).\n"
+        "Create a user in another terminal, from this directory:\n"
+        "  .venv/bin/meetinghooks users create --email you@example.com --name 'You'"
+        " --personal-url you\n"
+        "Stop with Ctrl-C.\n",
+        flush=True,
+    )
+    stopping = False
+
+    def stop(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while not stopping and all(child.poll() is None for child in children):
+            time.sleep(0.2)
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+        deadline = time.monotonic() + 10
+        for child in children:
+            try:
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+    failed = [child for child in children if child.returncode not in (0, -15, None)]
+    return 1 if failed and not stopping else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser for every sub-command."""
+    parser = argparse.ArgumentParser(prog="meetinghooks", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    users = sub.add_parser("users", help="manage users").add_subparsers(
+        dest="action", required=True
+    )
+    create = users.add_parser("create", help="create a user; prints its token and signing secret")
+    create.add_argument("--email", required=True)
+    create.add_argument("--name", required=True)
+    create.add_argument("--personal-url", default=None)
+    create.add_argument("--json", action="store_true", help="print one JSON object")
+    create.set_defaults(func=cmd_users_create)
+
+    tokens = sub.add_parser("tokens", help="manage access tokens").add_subparsers(
+        dest="action", required=True
+    )
+    tcreate = tokens.add_parser("create", help="issue another token for a user")
+    tcreate.add_argument("--email", required=True)
+    tcreate.add_argument("--scope", action="append", choices=SCOPES, help="repeat; default all")
+    tcreate.add_argument("--label", default=None)
+    tcreate.add_argument("--json", action="store_true")
+    tcreate.set_defaults(func=cmd_tokens_create)
+    revoke = tokens.add_parser("revoke", help="revoke a token ('-' reads it from stdin)")
+    revoke.add_argument("token")
+    revoke.set_defaults(func=cmd_tokens_revoke)
+
+    dbp = sub.add_parser("db", help="database").add_subparsers(dest="action", required=True)
+    upgrade = dbp.add_parser("upgrade", help="apply migrations")
+    upgrade.add_argument("revision", nargs="?", default="head")
+    upgrade.set_defaults(func=cmd_db_upgrade)
+
+    sub.add_parser("serve", help="run the receiver (gunicorn)").set_defaults(func=cmd_serve)
+    for name, func in (("worker", cmd_worker), ("beat", cmd_beat)):
+        p = sub.add_parser(name, help=f"run the Celery {name}; extra arguments go to celery")
+        p.set_defaults(func=func, passes_extra=True)
+    sub.add_parser("run", help="migrate and run everything (make run)").set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    parser = build_parser()
+    # `worker` and `beat` hand unknown options (--concurrency 8, -Q deliveries) to celery.
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "passes_extra", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
+    try:
+        status: int = args.func(args)
+    except ConfigError as exc:
+        print(f"meetinghooks: {exc}", file=sys.stderr)
+        return 2
+    except DomainError as exc:
+        print(f"meetinghooks: {exc.message}", file=sys.stderr)
+        return 1
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""The Flask receiver: the join.me-compatible API, the event ingest and the pages."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from flask import Flask
+
+from core.config import Settings
+from core.db import make_engine, make_session_factory
+from receiver import db, errors
+from receiver.tasks import CeleryEnqueuer, Enqueue
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    session_factory: sessionmaker[Session] | None = None,
+    enqueue: Enqueue | None = None,
+) -> Flask:
+    """Create and configure an instance of the receiver."""
+    settings = settings or Settings.from_env()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["meetinghooks.settings"] = settings
+    app.extensions["meetinghooks.session_factory"] = session_factory or make_session_factory(
+        make_engine(settings.database_url)
+    )
+    app.extensions["meetinghooks.enqueue"] = enqueue or CeleryEnqueuer(settings)
+    logging.getLogger("receiver").setLevel(settings.log_level)
+
+    db.init_app(app)
+    errors.register_error_handlers(app)
+
+    from receiver import openapi, ops, pages  # noqa: PLC0415  (blueprints import the app's helpers)
+    from receiver.api import events, meetings, users, webhooks  # noqa: PLC0415
+
+    for module in (ops, openapi, meetings, users, events, webhooks, pages):
+        app.register_blueprint(module.bp)
+    return app
+
+
+def get_settings() -> Settings:
+    """Return the settings of the current app."""
+    from flask import current_app  # noqa: PLC0415
+
+    settings: Settings = current_app.extensions["meetinghooks.settings"]
+    return settings

@@ -1,0 +1,139 @@
+"""The join.me meetings API: start calls, scheduled meetings and our end call (SPEC 4)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+
+from core.schemas import AdHocStart, ScheduledMeetingIn, ScheduledMeetingPatch, StartOptions
+from core.services import meetings
+from core.validation import parse_datetime, validate
+from receiver import get_settings
+from receiver.auth import current_user, require_scope
+from receiver.bodies import read_object
+from receiver.db import get_session
+from receiver.tasks import enqueue
+
+bp = Blueprint("meetings", __name__, url_prefix="/v1/meetings")
+
+
+def _json(body: dict[str, Any], status: int) -> Response:
+    response = jsonify(body)
+    response.status_code = status
+    return response
+
+
+@bp.post("/start")
+@require_scope("start_meeting")
+def start_adhoc() -> Response:
+    """Start an ad hoc meeting: 201 with the presenter and viewer links."""
+    body = read_object(allow_form=True)
+    data = validate(AdHocStart, body)
+    settings = get_settings()
+    session = get_session()
+    user = current_user()
+    started = meetings.create_adhoc(
+        session,
+        user,
+        start_with_personal_url=data.startWithPersonalUrl,
+        options=data,
+        ttl_seconds=settings.presenter_link_ttl_seconds,
+        allowed_networks=settings.callback_allowed_networks,
+    )
+    session.commit()
+    return _json(meetings.start_response(started, user, settings.base_url), 201)
+
+
+@bp.post("/<int:meeting_id>/start")
+@require_scope("start_meeting")
+def start_scheduled(meeting_id: int) -> Response:
+    """Start (or re-issue the presenter link of) an existing meeting: 200."""
+    body = read_object(allow_form=True, allow_empty=True)
+    data = validate(StartOptions, body)
+    settings = get_settings()
+    session = get_session()
+    user = current_user()
+    started = meetings.start_scheduled(
+        session,
+        user,
+        meeting_id,
+        options=data,
+        ttl_seconds=settings.presenter_link_ttl_seconds,
+        allowed_networks=settings.callback_allowed_networks,
+    )
+    session.commit()
+    return _json(meetings.start_response(started, user, settings.base_url), 200)
+
+
+@bp.post("/<int:meeting_id>/end")
+@require_scope("start_meeting")
+def end(meeting_id: int) -> Response:
+    """End a running meeting and emit meeting.end; ending twice is harmless."""
+    session = get_session()
+    user = current_user()
+    meeting, delivery_ids = meetings.end_meeting(session, user, meeting_id)
+    session.commit()
+    for delivery_id in delivery_ids:
+        enqueue("workers.deliveries.deliver", delivery_id=delivery_id)
+    return _json(meetings.meeting_json(meeting, user, get_settings().base_url), 200)
+
+
+@bp.post("")
+@require_scope("scheduler")
+def create() -> Response:
+    """Schedule a meeting: 201 with the meeting."""
+    data = validate(ScheduledMeetingIn, read_object())
+    session = get_session()
+    user = current_user()
+    meeting = meetings.create_scheduled(session, user, data)
+    session.commit()
+    return _json(meetings.meeting_json(meeting, user, get_settings().base_url), 201)
+
+
+@bp.get("")
+@require_scope("scheduler")
+def list_upcoming() -> Response:
+    """List upcoming scheduled meetings, up to `endDate` when given."""
+    end_date = request.args.get("endDate")
+    user = current_user()
+    found = meetings.list_upcoming(
+        get_session(),
+        user,
+        end_date=parse_datetime(end_date, "endDate") if end_date else None,
+    )
+    base_url = get_settings().base_url
+    return jsonify([meetings.meeting_json(meeting, user, base_url) for meeting in found])
+
+
+@bp.get("/<int:meeting_id>")
+@require_scope("scheduler")
+def read(meeting_id: int) -> Response:
+    """Read one meeting, ad hoc or scheduled, with its lifecycle state."""
+    user = current_user()
+    meeting = meetings.get_meeting(get_session(), user, meeting_id)
+    return jsonify(meetings.meeting_json(meeting, user, get_settings().base_url))
+
+
+@bp.patch("/<int:meeting_id>")
+@require_scope("scheduler")
+def update(meeting_id: int) -> Response:
+    """Change some fields of a meeting."""
+    patch = validate(ScheduledMeetingPatch, read_object())
+    session = get_session()
+    user = current_user()
+    meeting = meetings.update_scheduled(
+        session, user, meeting_id, patch.model_dump(exclude_unset=True)
+    )
+    session.commit()
+    return jsonify(meetings.meeting_json(meeting, user, get_settings().base_url))
+
+
+@bp.delete("/<int:meeting_id>")
+@require_scope("scheduler")
+def delete(meeting_id: int) -> Response:
+    """Delete a meeting: 204."""
+    session = get_session()
+    meetings.delete_meeting(session, current_user(), meeting_id)
+    session.commit()
+    return Response(status=204)

@@ -1,0 +1,63 @@
+"""Operational endpoints: liveness, readiness, Prometheus metrics, the OpenAPI document."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import sqlalchemy as sa
+from flask import Blueprint, Response, current_app, jsonify
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from receiver import get_settings
+from receiver.db import get_session
+from receiver.errors import error_response
+
+log = logging.getLogger(__name__)
+bp = Blueprint("ops", __name__)
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    """Answer 200 while the process serves requests."""
+    return jsonify(status="ok")
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    """Answer 200 when the database and the broker are reachable, else 503."""
+    checks: dict[str, str] = {}
+    try:
+        get_session().execute(sa.text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception:
+        log.warning("receiver.readyz.database_unreachable", exc_info=True)
+        checks["database"] = "unreachable"
+    checks["broker"] = "ok" if _broker_reachable() else "unreachable"
+    if all(value == "ok" for value in checks.values()):
+        return jsonify(status="ready", checks=checks)
+    response = error_response(
+        503, "not-ready", "a dependency is unreachable", headers={"Retry-After": "5"}
+    )
+    body: dict[str, Any] = response.get_json()
+    body["checks"] = checks
+    response.set_data(current_app.json.dumps(body))
+    return response
+
+
+def _broker_reachable() -> bool:
+    from kombu.connection import Connection  # noqa: PLC0415  (only readiness needs a broker connection)
+
+    try:
+        with Connection(get_settings().broker_url, connect_timeout=2) as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+    except Exception:
+        log.warning("receiver.readyz.broker_unreachable", exc_info=True)
+        return False
+    return True
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """Expose Prometheus metrics of this process."""
+    return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)

@@ -1,0 +1,47 @@
+"""Send wake-up messages to the workers, after the transaction that recorded the work."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from flask import current_app
+
+if TYPE_CHECKING:
+    from core.config import Settings
+
+log = logging.getLogger(__name__)
+
+Enqueue = Callable[[str, dict[str, Any]], None]
+
+
+class CeleryEnqueuer:
+    """Publish tasks by name through a Celery app for `settings` (no task code imported)."""
+
+    def __init__(self, settings: Settings) -> None:
+        from workers.celery_app import make_celery  # noqa: PLC0415  (only needed to send)
+
+        self.celery = make_celery(settings)
+
+    def __call__(self, task_name: str, kwargs: dict[str, Any]) -> None:
+        self.celery.send_task(task_name, kwargs=kwargs)
+
+    def close(self) -> None:
+        """Release the broker connections."""
+        # close() alone leaves the producer pool's AMQP socket open (a ResourceWarning).
+        self.celery.producer_pool.connections.force_close_all()
+        self.celery.close()
+
+
+def enqueue(task_name: str, **kwargs: Any) -> None:
+    """Publish a task by name; a broker failure is logged, not raised.
+
+    Call it only after commit. The database holds the work, so a lost message only delays
+    it until the next sweep (SPEC 1).
+    """
+    sender: Enqueue = current_app.extensions["meetinghooks.enqueue"]
+    try:
+        sender(task_name, kwargs)
+    except Exception:
+        log.warning("receiver.enqueue.failed task=%s", task_name, exc_info=True)

@@ -1,0 +1,522 @@
+from __future__ import annotations
+
+import datetime as dt
+import json
+import secrets
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from flask.testing import FlaskClient
+from prometheus_client import REGISTRY
+from sqlalchemy.orm import Session
+from standardwebhooks.webhooks import Webhook
+
+from core.config import Settings
+from core.errors import ConfigError
+from core.models import Event, Meeting
+from core.services import events as events_service
+from receiver import create_app
+from tests.conftest import INGEST_SECRET, Account, Enqueued
+
+NOW = dt.datetime.now(dt.UTC)
+
+
+def iso(value: dt.datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def minutes_from_now(minutes: float) -> dt.datetime:
+    # From the clock, not from NOW: the suite may run long before this test does.
+    return dt.datetime.now(dt.UTC) + dt.timedelta(minutes=minutes)
+
+
+def signed(
+    body: bytes | str,
+    *,
+    secret: str = INGEST_SECRET,
+    msg_id: str | None = None,
+    at: dt.datetime | None = None,
+) -> dict[str, str]:
+    msg_id = msg_id or "msg_" + secrets.token_hex(8)
+    at = at or dt.datetime.now(dt.UTC)
+    text = body.decode() if isinstance(body, bytes) else body
+    return {
+        "content-type": "application/json",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(at.timestamp())),
+        "webhook-signature": Webhook(secret).sign(msg_id, at, text),
+    }
+
+
+def event_body(meeting_id: int | None = None, type_: str = "meeting.start", **data: Any) -> str:
+    payload: dict[str, Any] = {"type": type_, "timestamp": iso(NOW), "data": dict(data)}
+    if meeting_id is not None:
+        payload["data"]["meetingId"] = meeting_id
+    return json.dumps(payload)
+
+
+def post(client: FlaskClient, body: str | bytes, headers: dict[str, str]) -> Any:
+    return client.post("/v1/events", data=body, headers=headers)
+
+
+@pytest.fixture
+def meeting(client: FlaskClient, account: Account) -> dict[str, Any]:
+    result: dict[str, Any] = client.post(
+        "/v1/meetings/start", json={"startWithPersonalUrl": False}, headers=account.headers
+    ).get_json()
+    return result
+
+
+def events_in(db_session: Session) -> list[Event]:
+    db_session.expire_all()
+    return list(db_session.scalars(sa.select(Event).order_by(Event.id)))
+
+
+class TestAccepted:
+    def test_records_then_enqueues_and_answers_202(
+        self,
+        client: FlaskClient,
+        meeting: dict[str, Any],
+        enqueued: Enqueued,
+        db_session: Session,
+    ) -> None:
+        body = event_body(meeting["meetingId"])
+        headers = signed(body)
+        response = post(client, body, headers)
+        assert response.status_code == 202
+        answer = response.get_json()
+        assert answer["id"].startswith("evt_")
+        stored = events_in(db_session)
+        assert len(stored) == 1
+        assert stored[0].public_id == answer["id"]
+        assert stored[0].source == "platform"
+        assert stored[0].source_event_id == headers["webhook-id"]
+        assert stored[0].meeting_id == meeting["meetingId"]
+        assert stored[0].processed_at is None  # processing belongs to the workers
+        assert enqueued.calls == [("workers.events.process_event", {"event_id": stored[0].id})]
+
+    def test_same_webhook_id_again_is_200_recorded_once(
+        self,
+        client: FlaskClient,
+        meeting: dict[str, Any],
+        enqueued: Enqueued,
+        db_session: Session,
+    ) -> None:
+        body = event_body(meeting["meetingId"])
+        headers = signed(body)
+        first = post(client, body, headers)
+        second = post(client, body, headers)
+        assert first.status_code == 202
+        assert second.status_code == 200
+        assert (
+            second.get_json()
+            == first.get_json()
+            == {"id": first.get_json()["id"], "status": "accepted"}
+        )
+        assert len(events_in(db_session)) == 1
+        assert enqueued.names() == ["workers.events.process_event"]
+
+    def test_conference_id_names_the_live_meeting(
+        self, client: FlaskClient, meeting: dict[str, Any], db_session: Session
+    ) -> None:
+        conference_id = meeting["audioConference"]["conferenceId"]
+        body = event_body(type_="meeting.end", conferenceId=conference_id)
+        assert post(client, body, signed(body)).status_code == 202
+        assert events_in(db_session)[0].meeting_id == meeting["meetingId"]
+
+    def test_unknown_meeting_is_recorded_not_refused(
+        self, client: FlaskClient, account: Account, db_session: Session
+    ) -> None:
+        body = event_body(987654)
+        response = post(client, body, signed(body))
+        assert response.status_code == 202
+        stored = events_in(db_session)
+        assert [(e.meeting_id, e.user_id) for e in stored] == [(None, None)]
+
+    def test_unknown_fields_are_ignored(self, client: FlaskClient, meeting: dict[str, Any]) -> None:
+        body = json.dumps(
+            {
+                "type": "meeting.start",
+                "timestamp": iso(NOW),
+                "data": {"meetingId": meeting["meetingId"], "participants": 3},
+                "platformVersion": "9.1",
+            }
+        )
+        assert post(client, body, signed(body)).status_code == 202
+
+
+class TestRefused:
+    @pytest.mark.parametrize("header", ["webhook-id", "webhook-timestamp", "webhook-signature"])
+    def test_missing_header_is_401(
+        self, client: FlaskClient, meeting: dict[str, Any], db_session: Session, header: str
+    ) -> None:
+        body = event_body(meeting["meetingId"])
+        headers = signed(body)
+        del headers[header]
+        response = post(client, body, headers)
+        assert response.status_code == 401
+        answer = response.get_json()
+        assert answer["code"] == "invalid-signature"
+        assert header in answer["Message"]  # says which header is missing
+        assert events_in(db_session) == []
+
+    @pytest.mark.parametrize(
+        ("minutes", "says"), [(-6, "too old"), (6, "too new"), (-4.5, None), (4.5, None)]
+    )
+    def test_timestamp_must_be_within_five_minutes(
+        self,
+        client: FlaskClient,
+        meeting: dict[str, Any],
+        db_session: Session,
+        minutes: float,
+        says: str | None,
+    ) -> None:
+        body = event_body(meeting["meetingId"])
+        response = post(client, body, signed(body, at=minutes_from_now(minutes)))
+        if says is None:
+            assert response.status_code == 202
+            return
+        assert response.status_code == 401
+        assert says in response.get_json()["Message"]
+        assert events_in(db_session) == []
+
+    def test_signature_by_a_previous_body_does_not_pass_for_the_altered_one(
+        self, client: FlaskClient, meeting: dict[str, Any], db_session: Session
+    ) -> None:
+        body = event_body(meeting["meetingId"])
+        headers = signed(body)
+        altered = body.replace(str(meeting["meetingId"]), str(meeting["meetingId"] + 1))
+        for candidate in (altered, body + " ", body.encode() + b"\n"):
+            response = post(client, candidate, headers)
+            assert response.status_code == 401
+            assert "signature" in response.get_json()["Message"]
+        assert events_in(db_session) == []
+
+    @pytest.mark.parametrize(
+        ("label", "tamper"),
+        [
+            ("wrong secret", lambda body: (body, signed(body, secret="whsec_" + "A" * 40))),
+            ("body altered", lambda body: (body.replace("start", "end"), signed(body))),
+            (
+                "stale",
+                lambda body: (
+                    body,
+                    signed(body, at=minutes_from_now(-6)),
+                ),
+            ),
+            (
+                "future",
+                lambda body: (
+                    body,
+                    signed(body, at=minutes_from_now(6)),
+                ),
+            ),
+            ("garbage signature", lambda body: (body, {**signed(body), "webhook-signature": "v1"})),
+            ("bad base64", lambda body: (body, {**signed(body), "webhook-signature": "v1,@@@"})),
+            ("bad timestamp", lambda body: (body, {**signed(body), "webhook-timestamp": "soon"})),
+        ],
+    )
+    def test_bad_signature_is_401_and_records_nothing(
+        self,
+        client: FlaskClient,
+        meeting: dict[str, Any],
+        enqueued: Enqueued,
+        db_session: Session,
+        label: str,
+        tamper: Any,
+    ) -> None:
+        body, headers = tamper(event_body(meeting["meetingId"]))
+        response = post(client, body, headers)
+        assert response.status_code == 401, label
+        assert response.get_json()["code"] == "invalid-signature"
+        assert events_in(db_session) == []
+        assert enqueued.calls == []
+
+    def test_non_utf8_body_is_401_not_500(self, client: FlaskClient) -> None:
+        body = b"\xff\xfe\x00garbage"
+        headers = signed("placeholder")
+        assert post(client, body, headers).status_code == 401
+
+    def test_no_secret_configured_refuses_everything(
+        self, settings: Settings, session_factory: Any, enqueued: Enqueued
+    ) -> None:
+        app: Flask = create_app(
+            settings.model_copy(update={"ingest_signing_secret": None}),
+            session_factory=session_factory,
+            enqueue=enqueued,
+        )
+        body = event_body(1)
+        for headers in (signed(body), {"content-type": "application/json"}, {}):
+            response = app.test_client().post("/v1/events", data=body, headers=headers)
+            assert response.status_code == 401
+            assert response.get_json()["code"] == "ingest-disabled"
+        with session_factory() as session:
+            assert session.scalar(sa.select(sa.func.count()).select_from(Event)) == 0
+        assert enqueued.calls == []
+
+    @pytest.mark.parametrize("secret", ["whsec_", "whsec_!!!!!", "whsec_a"])
+    def test_unusable_secret_stops_the_service_at_start_up(
+        self, settings: Settings, secret: str
+    ) -> None:
+        with pytest.raises(ConfigError, match="INGEST_SIGNING_SECRET"):
+            Settings.from_env(
+                {
+                    "DATABASE_URL": settings.database_url,
+                    "BROKER_URL": "memory://",
+                    "INGEST_SIGNING_SECRET": secret,
+                }
+            )
+
+    @pytest.mark.parametrize(
+        ("payload", "fields"),
+        [
+            ({"type": "meeting.paused", "timestamp": iso(NOW), "data": {"meetingId": 1}}, {"type"}),
+            ({"type": "meeting.end", "timestamp": "2026-11-24T10:00:00", "data": {"meetingId": 1}},
+             {"timestamp"}),
+            ({"type": "meeting.end", "timestamp": "yesterday", "data": {"meetingId": 1}},
+             {"timestamp"}),
+            ({"type": "meeting.end", "timestamp": iso(NOW), "data": {"meetingId": "1"}},
+             {"data.meetingId"}),
+            ({"type": "meeting.end", "timestamp": iso(NOW), "data": {"conferenceId": "12"}},
+             {"data.conferenceId"}),
+            ({"type": "meeting.end", "timestamp": iso(NOW), "data": {}}, {"data"}),
+            ({"type": "meeting.end", "timestamp": iso(NOW)}, {"data"}),
+            ({}, {"type", "timestamp", "data"}),
+        ],
+    )  # fmt: skip
+    def test_malformed_event_is_400_listing_fields(
+        self,
+        client: FlaskClient,
+        db_session: Session,
+        payload: dict[str, Any],
+        fields: set[str],
+    ) -> None:
+        body = json.dumps(payload)
+        response = post(client, body, signed(body))
+        assert response.status_code == 400
+        assert {e["field"] for e in response.get_json()["errors"]} == fields
+        assert events_in(db_session) == []
+
+    @pytest.mark.parametrize("body", ["not json", "[1, 2]", '"meeting.end"'])
+    def test_signed_body_that_is_not_an_object_is_400(
+        self, client: FlaskClient, db_session: Session, body: str
+    ) -> None:
+        response = post(client, body, signed(body))
+        assert response.status_code == 400
+        assert response.get_json()["code"] == "malformed-json"
+        assert events_in(db_session) == []
+
+    def test_oversized_body_is_413(self, client: FlaskClient, db_session: Session) -> None:
+        counted = ("meetinghooks_ingest_rejected_total", {"reason": "body-too-large"})
+        before = REGISTRY.get_sample_value(*counted) or 0.0
+        body = json.dumps({"type": "meeting.end", "pad": "x" * 70_000})
+        response = post(client, body, signed(body))
+        assert response.status_code == 413
+        assert response.get_json()["code"] == "body-too-large"
+        assert events_in(db_session) == []
+        assert (REGISTRY.get_sample_value(*counted) or 0.0) - before == 1
+
+    def test_unsigned_oversized_body_is_refused_without_being_read(
+        self, client: FlaskClient, db_session: Session
+    ) -> None:
+        body = json.dumps({"pad": "x" * 70_000})
+        response = post(client, body, {"content-type": "application/json"})
+        assert response.status_code == 401
+        assert events_in(db_session) == []
+
+
+class TestEdges:
+    def test_validation_errors_use_the_invalid_payload_code(
+        self, client: FlaskClient, db_session: Session
+    ) -> None:
+        body = json.dumps({"type": "meeting.paused", "timestamp": "2026-11-24T10:00:00"})
+        response = post(client, body, signed(body))
+        assert response.status_code == 400
+        answer = response.get_json()
+        assert answer["code"] == "invalid-payload"
+        assert {e["field"] for e in answer["errors"]} == {"type", "timestamp", "data"}
+        assert events_in(db_session) == []
+
+    @pytest.mark.parametrize("meeting_id", [2**31, 2**63, 10**30])
+    def test_meeting_id_beyond_any_row_is_an_unknown_meeting_not_a_500(
+        self, client: FlaskClient, db_session: Session, meeting_id: int
+    ) -> None:
+        body = event_body(meeting_id)
+        response = post(client, body, signed(body))
+        assert response.status_code == 202
+        assert [e.meeting_id for e in events_in(db_session)] == [None]
+
+    @pytest.mark.parametrize(
+        "timestamp", ["9999-12-31T23:59:59-05:00", "0001-01-01T00:00:00+05:00"]
+    )
+    def test_timestamp_out_of_range_is_400_not_500(
+        self, client: FlaskClient, db_session: Session, timestamp: str
+    ) -> None:
+        body = json.dumps({"type": "meeting.end", "timestamp": timestamp, "data": {"meetingId": 1}})
+        response = post(client, body, signed(body))
+        assert response.status_code == 400
+        assert {e["field"] for e in response.get_json()["errors"]} == {"timestamp"}
+        assert events_in(db_session) == []
+
+    def test_overlong_webhook_id_is_400_not_500(
+        self, client: FlaskClient, db_session: Session
+    ) -> None:
+        body = event_body(1)
+        response = post(client, body, signed(body, msg_id="msg_" + "x" * 300))
+        assert response.status_code == 400
+        assert response.get_json()["errors"][0]["field"] == "webhook-id"
+        assert events_in(db_session) == []
+
+    def test_database_error_is_503_with_retry_after(
+        self,
+        client: FlaskClient,
+        db_session: Session,
+        enqueued: Enqueued,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        def unavailable(*_args: object, **_kwargs: object) -> None:
+            raise sa.exc.OperationalError("INSERT", {}, Exception("server closed the connection"))
+
+        monkeypatch.setattr(events_service, "record_event", unavailable)
+        body = event_body(1)
+        response = post(client, body, signed(body))
+        assert response.status_code == 503
+        assert response.headers["Retry-After"].isdigit()
+        answer = response.get_json()
+        assert answer["code"] == "database-unavailable"
+        assert "server closed" not in answer["Message"]
+        assert enqueued.calls == []
+        assert events_in(db_session) == []
+
+    def test_conference_id_prefers_the_live_meeting_then_the_latest(
+        self, client: FlaskClient, account: Account, db_session: Session
+    ) -> None:
+        def start() -> int:
+            answer = client.post(
+                "/v1/meetings/start", json={"startWithPersonalUrl": False}, headers=account.headers
+            ).get_json()
+            return int(answer["meetingId"])
+
+        def ingest_end() -> int | None:
+            body = event_body(type_="meeting.end", conferenceId="123456789")
+            assert post(client, body, signed(body)).status_code == 202
+            return events_in(db_session)[-1].meeting_id
+
+        def set_meeting(meeting_id: int, status: str) -> None:
+            db_session.execute(
+                sa.update(Meeting)
+                .where(Meeting.id == meeting_id)
+                .values(conference_id="123456789", status=status)
+            )
+            db_session.commit()
+
+        live, older_ended, newer_ended = start(), start(), start()
+        set_meeting(older_ended, "ended")
+        set_meeting(newer_ended, "ended")
+        assert ingest_end() == newer_ended  # none is live: the latest that held it
+        set_meeting(live, "started")
+        assert ingest_end() == live  # the live meeting wins over a later, ended one
+
+    def test_deleted_meeting_is_an_unknown_meeting(
+        self, client: FlaskClient, account: Account, meeting: dict[str, Any], db_session: Session
+    ) -> None:
+        deleted = client.delete(f"/v1/meetings/{meeting['meetingId']}", headers=account.headers)
+        assert deleted.status_code == 204
+        for data in (
+            {"meetingId": meeting["meetingId"]},
+            {"conferenceId": meeting["audioConference"]["conferenceId"]},
+        ):
+            body = json.dumps({"type": "meeting.end", "timestamp": iso(NOW), "data": data})
+            assert post(client, body, signed(body)).status_code == 202
+        assert [(e.meeting_id, e.user_id) for e in events_in(db_session)] == [(None, None)] * 2
+
+    def test_event_belongs_to_the_meetings_owner(
+        self, client: FlaskClient, account: Account, meeting: dict[str, Any], db_session: Session
+    ) -> None:
+        body = event_body(meeting["meetingId"])
+        assert post(client, body, signed(body)).status_code == 202
+        assert [e.user_id for e in events_in(db_session)] == [account.id]
+
+    def test_pool_exhausted_is_503_too(
+        self,
+        client: FlaskClient,
+        db_session: Session,
+        enqueued: Enqueued,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        def exhausted(*_args: object, **_kwargs: object) -> None:
+            raise sa.exc.TimeoutError("QueuePool limit of size 5 overflow 10 reached")
+
+        monkeypatch.setattr(events_service, "find_platform_meeting", exhausted)
+        body = event_body(1)
+        response = post(client, body, signed(body))
+        assert response.status_code == 503
+        assert response.get_json()["code"] == "database-unavailable"
+        assert "QueuePool" not in response.get_data(as_text=True)
+        assert enqueued.calls == []
+
+    def test_duplicate_sent_while_the_database_was_down_is_accepted_once_it_is_back(
+        self,
+        client: FlaskClient,
+        meeting: dict[str, Any],
+        db_session: Session,
+        enqueued: Enqueued,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        body = event_body(meeting["meetingId"])
+        headers = signed(body)
+        with monkeypatch.context() as patch:
+
+            def unavailable(*_args: object, **_kwargs: object) -> None:
+                raise sa.exc.OperationalError("SELECT", {}, Exception("connection refused"))
+
+            patch.setattr(events_service, "find_platform_meeting", unavailable)
+            assert post(client, body, headers).status_code == 503
+        assert post(client, body, headers).status_code == 202  # the platform's retry
+        assert post(client, body, headers).status_code == 200
+        assert len(events_in(db_session)) == 1
+        assert enqueued.names() == ["workers.events.process_event"]
+
+    def test_unknown_conference_id_is_recorded(
+        self, client: FlaskClient, account: Account, db_session: Session
+    ) -> None:
+        body = event_body(type_="meeting.end", conferenceId="000000001")
+        assert post(client, body, signed(body)).status_code == 202
+        assert [e.meeting_id for e in events_in(db_session)] == [None]
+
+    def test_counters_count_accepted_duplicate_and_rejected(
+        self, client: FlaskClient, meeting: dict[str, Any]
+    ) -> None:
+        def sample(name: str, **labels: str) -> float:
+            return REGISTRY.get_sample_value(name, labels) or 0.0
+
+        def samples() -> list[float]:
+            ingested = "meetinghooks_ingest_events_total"
+            return [
+                sample(ingested, result="accepted", type="meeting.start"),
+                sample(ingested, result="duplicate", type="meeting.start"),
+                *(
+                    sample("meetinghooks_ingest_rejected_total", reason=reason)
+                    for reason in (
+                        "bad-signature", "stale-timestamp", "future-timestamp", "missing-header",
+                        "invalid-payload", "malformed-json",
+                    )
+                ),
+            ]  # fmt: skip
+
+        before = samples()
+        body = event_body(meeting["meetingId"])
+        headers = signed(body)
+        post(client, body, headers)
+        post(client, body, headers)
+        post(client, body, {**headers, "webhook-signature": "v1,AAAA"})
+        post(client, body, signed(body, at=minutes_from_now(-6)))
+        post(client, body, signed(body, at=minutes_from_now(6)))
+        post(client, body, {k: v for k, v in headers.items() if k != "webhook-id"})
+        bad = json.dumps({"type": "meeting.paused"})
+        post(client, bad, signed(bad))
+        post(client, "{", signed("{"))
+        after = samples()
+        assert [b - a for a, b in zip(before, after, strict=True)] == [1, 1, 1, 1, 1, 1, 1, 1]

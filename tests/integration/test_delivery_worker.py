@@ -1,0 +1,172 @@
+"""Callbacks through real worker processes to a real HTTP receiver on 127.0.0.1."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import secrets
+import threading
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+from standardwebhooks import Webhook as StandardWebhook
+
+from core.models import Delivery, DeliveryAttempt
+from core.services import accounts
+from tests.callback_receiver import Answer, CallbackReceiver, Received
+from tests.conftest import INGEST_SECRET
+from tests.deliveries_helpers import make_meeting_with_hooks
+from tests.integration.conftest import Worker, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def receiver() -> Iterator[CallbackReceiver]:
+    server = CallbackReceiver().start()
+    yield server
+    server.stop()
+
+
+def make_user(sessions: sessionmaker[Session]) -> tuple[int, str]:
+    with sessions.begin() as session:
+        user, _ = accounts.create_user(session, email="cb@example.com", full_name="Callbacks")
+        return user.id, user.signing_secret
+
+
+def post_event(app: Flask, meeting_id: int, type_: str = "meeting.start") -> None:
+    """Report a lifecycle event through the signed ingest endpoint, as the platform does."""
+    msg_id = "msg_" + secrets.token_hex(8)
+    now = dt.datetime.now(dt.UTC)
+    body = json.dumps(
+        {"type": type_, "timestamp": now.isoformat(), "data": {"meetingId": meeting_id}}
+    )
+    headers = {
+        "content-type": "application/json",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": StandardWebhook(INGEST_SECRET).sign(msg_id, now, body),
+    }
+    response = app.test_client().post("/v1/events", data=body, headers=headers)
+    assert response.status_code == 202, response.get_data(as_text=True)
+
+
+def deliveries_by_status(engine: Engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(Delivery.status, sa.func.count()).group_by(Delivery.status)
+        ).all()
+    return {status: number for status, number in rows}
+
+
+def message_ids(engine: Engine) -> set[str]:
+    with engine.connect() as conn:
+        return set(conn.execute(sa.select(Delivery.message_id)).scalars())
+
+
+def deliveries_that_failed_once(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                sa.select(sa.func.count(sa.distinct(DeliveryAttempt.delivery_id))).where(
+                    DeliveryAttempt.error == "connection-error"
+                )
+            ).scalar_one()
+        )
+
+
+def attempt_errors(engine: Engine) -> list[str | None]:
+    with engine.connect() as conn:
+        return list(
+            conn.execute(sa.select(DeliveryAttempt.error).order_by(DeliveryAttempt.id)).scalars()
+        )
+
+
+def wait_or_show_logs(worker: Worker, check: object, timeout: float, what: str) -> None:
+    try:
+        wait_until(check, timeout, what)  # type: ignore[arg-type]
+    except AssertionError:
+        print(worker.logs())  # noqa: T201  (the failing test's evidence)
+        raise
+
+
+def test_receiver_down_then_back_gets_every_callback(
+    it_app: Flask,
+    it_sessions: sessionmaker[Session],
+    it_engine: Engine,
+    worker: Worker,
+    receiver: CallbackReceiver,
+) -> None:
+    user_id, secret = make_user(it_sessions)
+    url = receiver.url("/hook")
+    meetings = [
+        make_meeting_with_hooks(it_sessions, user_id, {"meeting.start": url, "meeting.end": url})
+        for _ in range(4)
+    ]
+    receiver.stop()  # the receiver is down when the events happen
+    worker.start()
+    for meeting_id in meetings:
+        post_event(it_app, meeting_id, "meeting.start")
+        post_event(it_app, meeting_id, "meeting.end")
+    wait_or_show_logs(
+        worker,
+        lambda: deliveries_that_failed_once(it_engine) == 8,
+        60,
+        "a failed attempt of every delivery",
+    )
+    receiver.start()  # back on the same port
+    wait_or_show_logs(
+        worker,
+        lambda: deliveries_by_status(it_engine) == {"succeeded": 8},
+        60,
+        "every delivery to succeed once the receiver is back",
+    )
+    got = receiver.wait_for(8)
+    assert {r.headers["webhook-id"] for r in got} == message_ids(it_engine)
+    types = []
+    for request in got:
+        payload = StandardWebhook(secret).verify(request.body, request.headers)
+        types.append(payload["type"])
+    assert sorted(types) == ["meeting.end"] * 4 + ["meeting.start"] * 4
+
+
+def test_worker_killed_mid_delivery_redelivers_with_the_same_webhook_id(
+    it_app: Flask,
+    it_sessions: sessionmaker[Session],
+    it_engine: Engine,
+    worker: Worker,
+    receiver: CallbackReceiver,
+) -> None:
+    user_id, secret = make_user(it_sessions)
+    meeting_id = make_meeting_with_hooks(it_sessions, user_id, {"meeting.start": receiver.url()})
+    arrived = threading.Event()
+
+    def first_request(_got: Received) -> None:
+        arrived.set()
+
+    receiver.on_request = first_request
+    # The first request hangs long enough for the test to kill the worker that sent it.
+    receiver.answer(Answer(status=200, delay=2.0))
+    worker.start()
+    post_event(it_app, meeting_id)
+    assert arrived.wait(60), worker.logs()
+    worker.kill()  # SIGKILL while the worker waits for the receiver's answer
+    with it_engine.connect() as conn:
+        assert conn.execute(sa.select(Delivery.status)).scalar_one() == "pending"
+    worker.start()
+    wait_or_show_logs(
+        worker,
+        lambda: deliveries_by_status(it_engine) == {"succeeded": 1},
+        90,
+        "the delivery to be sent again after the lease ran out",
+    )
+    first, second = receiver.wait_for(2)
+    (message_id,) = message_ids(it_engine)
+    assert first.headers["webhook-id"] == second.headers["webhook-id"] == message_id
+    assert first.body == second.body
+    StandardWebhook(secret).verify(second.body, second.headers)
+    assert attempt_errors(it_engine) == ["interrupted", None]

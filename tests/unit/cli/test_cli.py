@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from core.models import AccessToken, User
+from core.security import hash_token
+from meetinghooks.cli import main
+
+
+@pytest.fixture
+def embedded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    for name in ("DATABASE_URL", "BROKER_URL", "TEST_DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path / "var" / "meetinghooks.sqlite3"
+
+
+def _run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, object]:
+    assert main(list(argv)) == 0
+    out: dict[str, object] = json.loads(capsys.readouterr().out)
+    return out
+
+
+def test_users_create_json_prints_token_and_secret_and_stores_only_a_hash(
+    embedded: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = _run_json(
+        capsys, "users", "create", "--email", "A@Example.com", "--name", "Alice", "--json"
+    )
+    assert isinstance(out["userId"], int)
+    token = str(out["accessToken"])
+    assert len(token) >= 32
+    assert str(out["signingSecret"]).startswith("whsec_")
+    assert out["scopes"] == ["scheduler", "start_meeting", "user_info"]
+    engine = sa.create_engine(f"sqlite:///{embedded}")
+    with engine.connect() as conn:
+        stored = conn.execute(sa.select(AccessToken.token_hash)).scalars().all()
+        email = conn.execute(sa.select(User.email)).scalar_one()
+    engine.dispose()
+    assert stored == [hash_token(token)]
+    assert token not in stored
+    assert email == "a@example.com"
+
+
+def test_duplicate_email_is_a_clear_error(
+    embedded: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["users", "create", "--email", "a@example.com", "--name", "A"]) == 0
+    assert main(["users", "create", "--email", "a@example.com", "--name", "A"]) == 1
+    assert "already taken" in capsys.readouterr().err
+
+
+def test_tokens_create_with_scope_and_revoke(
+    embedded: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _run_json(capsys, "users", "create", "--email", "a@example.com", "--name", "A", "--json")
+    out = _run_json(
+        capsys, "tokens", "create", "--email", "a@example.com", "--scope", "user_info", "--json"
+    )
+    assert out["scopes"] == ["user_info"]
+    assert main(["tokens", "revoke", str(out["accessToken"])]) == 0
+    engine = sa.create_engine(f"sqlite:///{embedded}")
+    with engine.connect() as conn:
+        revoked = conn.execute(
+            sa.select(AccessToken.revoked_at).where(
+                AccessToken.token_hash == hash_token(str(out["accessToken"]))
+            )
+        ).scalar_one()
+    engine.dispose()
+    assert revoked is not None
+
+
+def test_bad_configuration_exits_2_naming_the_variable(
+    embedded: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PORT", "not-a-port")
+    assert main(["db", "upgrade"]) == 2
+    assert "PORT" in capsys.readouterr().err
+
+
+def test_worker_passes_unknown_options_to_celery(
+    embedded: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    launched: list[list[str]] = []
+    monkeypatch.setattr("os.execv", lambda _path, argv: launched.append(list(argv)))
+    main(["worker", "--concurrency", "8", "-Q", "deliveries"])
+    assert launched[0][-4:] == ["--concurrency", "8", "-Q", "deliveries"]
+    assert launched[0][1:5] == ["-m", "celery", "-A", "workers.main"]
+
+
+def test_other_commands_refuse_unknown_options(embedded: Path) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["db", "upgrade", "--bogus"])
+    assert exited.value.code == 2

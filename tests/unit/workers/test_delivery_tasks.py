@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+import requests_mock as rm
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.config import Settings
+from core.db import utcnow
+from core.models import Delivery
+from tests.conftest import Account
+from tests.deliveries_helpers import attempts, load, make_delivery
+from workers import celery_app as celery_module
+from workers.celery_app import DELIVERIES_QUEUE, DbTask, make_celery
+from workers.tasks import deliveries as delivery_tasks
+from workers.tasks.deliveries import deliver, http_session, sweep_deliveries
+
+HOOK = "https://93.184.216.34/hook"
+
+
+@pytest.fixture
+def worker_context(
+    settings: Settings, session_factory: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> list[dict[str, Any]]:
+    """Bind the tasks to a memory:// app and the test database; record deliver.apply_async."""
+    make_celery(settings)
+    monkeypatch.setattr(DbTask, "_session_factory", session_factory)
+    sent: list[dict[str, Any]] = []
+
+    def apply_async(*, kwargs: dict[str, Any], queue: str, **_options: Any) -> None:
+        sent.append({"kwargs": kwargs, "queue": queue})
+
+    monkeypatch.setattr(deliver, "apply_async", apply_async)
+    return sent
+
+
+def test_registered_names_route_to_the_deliveries_queue(settings: Settings) -> None:
+    app = make_celery(settings)
+    assert "workers.deliveries.deliver" in app.tasks
+    assert "workers.sweep.sweep_deliveries" in app.tasks
+    assert app.amqp.router.route({}, "workers.deliveries.deliver")["queue"].name == (
+        celery_module.DELIVERIES_QUEUE
+    )
+    assert deliver.acks_late is True
+    assert deliver.time_limit < celery_module.VISIBILITY_TIMEOUT
+    assert deliver.soft_time_limit < deliver.time_limit
+
+
+def test_deliver_sends_a_due_delivery_once(
+    worker_context: list[dict[str, Any]],
+    requests_mock: rm.Mocker,
+    session_factory: sessionmaker[Session],
+    account: Account,
+) -> None:
+    delivery_id = make_delivery(session_factory, account.id, HOOK)
+    requests_mock.post(HOOK, status_code=204)
+    deliver(delivery_id=delivery_id)
+    deliver(delivery_id=delivery_id, from_a_future_sender=True)  # **_compat; already done
+    assert requests_mock.call_count == 1
+    assert load(session_factory, delivery_id).status == "succeeded"
+    assert len(attempts(session_factory, delivery_id)) == 1
+
+
+def test_deliver_of_an_unknown_id_is_a_no_op(worker_context: list[dict[str, Any]]) -> None:
+    deliver(delivery_id=987654)
+
+
+def test_sweep_wakes_due_deliveries_once(
+    worker_context: list[dict[str, Any]],
+    session_factory: sessionmaker[Session],
+    account: Account,
+) -> None:
+    due = make_delivery(session_factory, account.id, HOOK)
+    fresh = make_delivery(session_factory, account.id, HOOK)
+    later = make_delivery(session_factory, account.id, HOOK)
+    with session_factory.begin() as session:
+        # `due`'s wake-up was lost long ago; `fresh` was just woken; `later` waits for a retry.
+        session.execute(
+            sa.update(Delivery)
+            .where(Delivery.id == due)
+            .values(last_enqueued_at=utcnow() - dt.timedelta(hours=1))
+        )
+        session.execute(
+            sa.update(Delivery)
+            .where(Delivery.id == later)
+            .values(next_attempt_at=utcnow() + dt.timedelta(minutes=5), last_enqueued_at=None)
+        )
+    assert sweep_deliveries() == 1
+    assert worker_context == [{"kwargs": {"delivery_id": due}, "queue": DELIVERIES_QUEUE}]
+    assert sweep_deliveries() == 0  # woken now: not again until it is due again or stuck
+    assert fresh not in [call["kwargs"]["delivery_id"] for call in worker_context]
+
+
+def test_one_http_session_per_process(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(delivery_tasks, "_http", None)
+    first = http_session(settings)
+    assert http_session(settings) is first
+    # After a fork the child builds its own pool instead of sharing the parent's sockets.
+    monkeypatch.setattr(delivery_tasks, "_http_pid", -1)
+    assert http_session(settings) is not first

@@ -1,0 +1,114 @@
+"""The Celery application: queues, routes, serialisation and the DbTask base class."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from celery import Celery, Task
+from kombu.entity import Queue
+
+from core.db import make_engine, make_session_factory
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from core.config import Settings
+
+EVENTS_QUEUE = "events"
+DELIVERIES_QUEUE = "deliveries"
+# Well above every task's time_limit, so Redis never re-delivers a task that is still running.
+VISIBILITY_TIMEOUT = 3600
+
+
+class DbTask(Task):  # type: ignore[misc]
+    """Base task: one session factory per worker process, one transaction per run."""
+
+    abstract = True
+    settings: ClassVar[Settings | None] = None
+    _session_factory: ClassVar[sessionmaker[Session] | None] = None
+
+    @property
+    def session_factory(self) -> sessionmaker[Session]:
+        """Build the session factory lazily, after the worker forked."""
+        cls = type(self)
+        if DbTask._session_factory is None:
+            settings = cls.get_settings()
+            DbTask._session_factory = make_session_factory(make_engine(settings.database_url))
+        return DbTask._session_factory
+
+    @classmethod
+    def get_settings(cls) -> Settings:
+        """Return the settings the worker was started with."""
+        if DbTask.settings is None:
+            raise RuntimeError("make_celery(settings) was not called")
+        return DbTask.settings
+
+    @contextmanager
+    def session_scope(self) -> Iterator[Session]:
+        """Yield a session in a transaction: commit on success, roll back on error."""
+        with self.session_factory.begin() as session:
+            yield session
+
+
+def _tune_sqlalchemy_transport(polling_interval: float) -> None:
+    # kombu's SQLAlchemy transport polls once a second, which makes `make run` feel slow. Its
+    # `polling_interval` transport option is also passed on to create_engine(), which refuses
+    # it, so the class attribute is the only place to set it.
+    from kombu.transport import sqlalchemy as sqla_transport  # noqa: PLC0415  (embedded only)
+
+    sqla_transport.Transport.polling_interval = polling_interval
+
+
+def make_celery(settings: Settings) -> Celery:
+    """Create the Celery app for these settings."""
+    DbTask.settings = settings
+    DbTask._session_factory = None
+    app = Celery("meetinghooks", broker=settings.broker_url, task_cls=DbTask)
+    transport_options: dict[str, Any] = {"visibility_timeout": VISIBILITY_TIMEOUT}
+    if settings.broker_key_prefix and settings.broker_url.startswith(("redis", "rediss")):
+        transport_options["global_keyprefix"] = settings.broker_key_prefix
+    if settings.broker_url.startswith("sqla+"):
+        _tune_sqlalchemy_transport(settings.broker_polling_interval)
+        # This transport hands its options to create_engine(): wait for SQLite's lock
+        # instead of failing when receiver, worker and beat write at once.
+        transport_options = {"connect_args": {"timeout": 30}}
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        task_acks_late=True,
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options=transport_options,
+        task_queues=(Queue(EVENTS_QUEUE), Queue(DELIVERIES_QUEUE)),
+        task_default_queue=EVENTS_QUEUE,
+        task_routes={
+            "workers.events.*": {"queue": EVENTS_QUEUE},
+            "workers.deliveries.*": {"queue": DELIVERIES_QUEUE},
+            "workers.sweep.*": {"queue": EVENTS_QUEUE},
+        },
+        # A publish must not hang a request when the broker is down: the sweep re-sends later.
+        task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2},
+        broker_connection_timeout=3,
+        timezone="UTC",
+        enable_utc=True,
+        beat_schedule={
+            # A sweep that waited longer than one interval is superseded by the next one.
+            "sweep-inbox": {
+                "task": "workers.sweep.sweep_inbox",
+                "schedule": settings.sweep_interval_seconds,
+                "options": {"expires": settings.sweep_interval_seconds * 5},
+            },
+            "sweep-deliveries": {
+                "task": "workers.sweep.sweep_deliveries",
+                "schedule": settings.sweep_interval_seconds,
+                "options": {"expires": settings.sweep_interval_seconds * 5},
+            },
+        },
+    )
+    app.autodiscover_tasks(["workers"], related_name="tasks", force=True)
+    return app

@@ -1,0 +1,143 @@
+"""Callback delivery tasks: send one delivery, and the sweep that finds due ones."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from typing import TYPE_CHECKING
+
+from celery import shared_task
+from prometheus_client import Counter, Histogram
+from sqlalchemy.exc import OperationalError
+
+from core.db import utcnow
+from core.services import deliveries
+from workers.celery_app import DELIVERIES_QUEUE, DbTask
+
+if TYPE_CHECKING:
+    import requests
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from core.config import Settings
+
+log = logging.getLogger(__name__)
+
+ATTEMPTS = Counter(
+    "meetinghooks_delivery_attempts", "Callback attempts by result: 2xx or error class", ["result"]
+)
+LATENCY = Histogram(
+    "meetinghooks_delivery_latency_seconds",
+    "Time from sending a callback to its response status",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30),
+)
+
+# A sweep wakes at most this many deliveries; the next sweep takes the rest.
+SWEEP_BATCH = 500
+# Above the longest attempt the largest CALLBACK_TIMEOUT_SECONDS (300) allows (see
+# deliveries.lease_duration), and well under the broker's visibility timeout (3600 s).
+SOFT_TIME_LIMIT = 960
+TIME_LIMIT = 1020
+
+_http: requests.Session | None = None
+_http_pid: int | None = None
+
+
+def http_session(settings: Settings) -> requests.Session:
+    """Return this worker process's pooled HTTP session, created after the fork."""
+    global _http, _http_pid  # noqa: PLW0603  (one pool per process, as DbTask's engine)
+    if _http is None or _http_pid != os.getpid():
+        _http = deliveries.make_http_session(settings.callback_allowed_networks)
+        _http_pid = os.getpid()
+    return _http
+
+
+def run_delivery(
+    session_factory: sessionmaker[Session],
+    delivery_id: int,
+    *,
+    settings: Settings,
+    http: requests.Session,
+    rng: random.Random | None = None,
+) -> deliveries.Recorded | None:
+    """Make one attempt of a delivery if it is due: claim, send, record.
+
+    Each database step is its own short transaction; the HTTP request runs between them
+    with no transaction open. None when the delivery was not ours to send now.
+    """
+    with session_factory.begin() as session:
+        claimed = deliveries.claim(
+            session,
+            delivery_id,
+            now=utcnow(),
+            lease=deliveries.lease_duration(settings),
+            max_attempts=len(settings.retry_schedule) + 1,
+        )
+    if claimed is None:
+        return None
+    outcome = deliveries.send(http, claimed, timeout=settings.callback_timeout_seconds)
+    ATTEMPTS.labels(result=outcome.error or "2xx").inc()
+    if outcome.status_code is not None:
+        LATENCY.observe(outcome.latency_ms / 1000)
+    with session_factory.begin() as session:
+        recorded = deliveries.record(
+            session,
+            claimed,
+            outcome,
+            now=utcnow(),
+            schedule=settings.retry_schedule,
+            rng=rng,
+        )
+    log.info(
+        "workers.delivery.attempted delivery=%s status=%s error=%s outcome=%s",
+        delivery_id,
+        outcome.status_code,
+        outcome.error,
+        recorded.status if recorded else None,
+    )
+    return recorded
+
+
+@shared_task(  # type: ignore[untyped-decorator]  # celery ships no annotations
+    name="workers.deliveries.deliver",
+    base=DbTask,
+    bind=True,
+    acks_late=True,
+    ignore_result=True,
+    # A database that is briefly unavailable delays the attempt; the sweep also re-sends it.
+    autoretry_for=(OperationalError,),
+    retry_backoff=True,
+    retry_backoff_max=60,
+    retry_jitter=True,
+    max_retries=5,
+    soft_time_limit=SOFT_TIME_LIMIT,
+    time_limit=TIME_LIMIT,
+)
+def deliver(self: DbTask, delivery_id: int, **_compat: object) -> None:
+    """Attempt one callback delivery; a no-op unless it is due and not held by another worker."""
+    settings = self.get_settings()
+    run_delivery(self.session_factory, delivery_id, settings=settings, http=http_session(settings))
+
+
+@shared_task(  # type: ignore[untyped-decorator]  # celery ships no annotations
+    name="workers.sweep.sweep_deliveries",
+    base=DbTask,
+    bind=True,
+    ignore_result=True,
+    soft_time_limit=60,
+    time_limit=90,
+)
+def sweep_deliveries(self: DbTask, **_compat: object) -> int:
+    """Wake the deliveries that are due: retries, lost messages, leases of dead workers."""
+    settings = self.get_settings()
+    now = utcnow()
+    with self.session_scope() as session:
+        ids = deliveries.due_ids(
+            session, now, SWEEP_BATCH, resend_after=deliveries.lease_duration(settings)
+        )
+        deliveries.mark_enqueued(session, ids, now)
+    for delivery_id in ids:
+        deliver.apply_async(kwargs={"delivery_id": delivery_id}, queue=DELIVERIES_QUEUE)
+    if ids:
+        log.info("workers.sweep.deliveries woke=%d", len(ids))
+    return len(ids)

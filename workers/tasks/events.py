@@ -1,0 +1,97 @@
+"""Event processing tasks: apply one event, and the sweep that recovers lost wake-ups."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from celery import shared_task
+from prometheus_client import Counter
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from core.db import utcnow
+from core.services import events, inbox
+from workers.celery_app import DELIVERIES_QUEUE, EVENTS_QUEUE, DbTask
+
+log = logging.getLogger(__name__)
+
+PROCESSED = Counter(
+    "meetinghooks_events_processed",
+    "Events processed by workers, by outcome (already-processed: a repeated wake-up)",
+    ["outcome"],
+)
+SWEEP_BATCH = 500
+# The database is unreachable, restarting or failing over: worth a retry, unlike a bug.
+TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError, PoolTimeout)
+# Re-sent this often, an event is stuck rather than unlucky: say so in the log.
+STUCK_AFTER_RESENDS = 5
+
+
+@shared_task(  # type: ignore[untyped-decorator]  # celery ships no annotations
+    name="workers.events.process_event",
+    base=DbTask,
+    bind=True,
+    acks_late=True,
+    ignore_result=True,
+    # A database that is down for a while delays events. Short countdowns only (SPEC 1): once
+    # they are spent the inbox sweep re-sends the event, as it does for any lost message.
+    autoretry_for=TRANSIENT_DB_ERRORS,
+    retry_backoff=True,
+    retry_backoff_max=10,
+    retry_jitter=True,
+    max_retries=5,
+    soft_time_limit=60,
+    time_limit=90,
+)
+def process_event(self: DbTask, event_id: int, **_compat: object) -> str:
+    """Apply one recorded event to its meeting; safe to run twice."""
+    with self.session_scope() as session:
+        applied = events.apply_event(session, event_id)
+    PROCESSED.labels(outcome="already-processed" if applied.repeated else applied.outcome).inc()
+    # After the commit: a delivery row exists before its wake-up is sent.
+    for delivery_id in applied.delivery_ids:
+        try:
+            self.app.send_task(
+                "workers.deliveries.deliver",
+                kwargs={"delivery_id": delivery_id},
+                queue=DELIVERIES_QUEUE,
+            )
+        except Exception:  # the delivery row is the work; its sweep re-sends the wake-up
+            log.warning(
+                "workers.event.wake_delivery_failed delivery=%s", delivery_id, exc_info=True
+            )
+    if applied.outcome != "applied" and not applied.repeated:
+        log.info("workers.event.not_applied event=%s outcome=%s", event_id, applied.outcome)
+    return applied.outcome
+
+
+@shared_task(  # type: ignore[untyped-decorator]  # celery ships no annotations
+    name="workers.sweep.sweep_inbox",
+    base=DbTask,
+    bind=True,
+    ignore_result=True,
+    soft_time_limit=60,
+    time_limit=90,
+)
+def sweep_inbox(self: DbTask, **_compat: object) -> int:
+    """Re-enqueue events still unprocessed a few seconds after they were recorded."""
+    settings = self.get_settings()
+    now = utcnow()
+    with self.session_scope() as session:
+        ids = inbox.stale_unprocessed(
+            session,
+            now=now,
+            older_than=dt.timedelta(seconds=settings.inbox_sweep_after_seconds),
+            limit=SWEEP_BATCH,
+        )
+        inbox.mark_enqueued(session, ids, now)
+        stuck = inbox.often_resent(session, ids, STUCK_AFTER_RESENDS)
+    if stuck:
+        log.warning("workers.sweep.inbox_stuck events=%s", stuck)
+    for event_id in ids:
+        # A failed publish (broker down) leaves the event to a later sweep.
+        process_event.apply_async(kwargs={"event_id": event_id}, queue=EVENTS_QUEUE)
+    if ids:
+        log.info("workers.sweep.inbox woke=%d", len(ids))
+    return len(ids)
