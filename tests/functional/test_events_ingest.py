@@ -256,7 +256,7 @@ class TestRefused:
             assert session.scalar(sa.select(sa.func.count()).select_from(Event)) == 0
         assert enqueued.calls == []
 
-    @pytest.mark.parametrize("secret", ["whsec_", "whsec_!!!!!", "whsec_a"])
+    @pytest.mark.parametrize("secret", ["whsec_", "whsec_!!!!!", "whsec_a", "not base64 at all", "c2VjcmV0"])
     def test_unusable_secret_stops_the_service_at_start_up(
         self, settings: Settings, secret: str
     ) -> None:

@@ -40,7 +40,7 @@ class TestFromEnv:
                 **PRODUCTION,
                 "HOST": "hooks.internal",
                 "PORT": "9000",
-                "INGEST_SIGNING_SECRET": "whsec_abc",
+                "INGEST_SIGNING_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
                 "PRESENTER_LINK_TTL_SECONDS": "60",
                 "CALLBACK_ALLOWED_NETWORKS": "10.0.0.0/8, fd00::/8",
                 "RETRY_SCHEDULE": "1,2,3",
@@ -49,7 +49,7 @@ class TestFromEnv:
         )
         assert settings.port == 9000
         assert settings.base_url == "http://hooks.internal:9000"
-        assert settings.ingest_signing_secret == "whsec_abc"
+        assert settings.ingest_signing_secret == "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
         assert settings.presenter_link_ttl_seconds == 60
         assert settings.callback_allowed_networks == (
             ipaddress.ip_network("10.0.0.0/8"),
