@@ -17,6 +17,8 @@ from core.errors import ConfigError
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEFAULT_RETRY_SCHEDULE = (5, 300, 1800, 7200, 18000, 36000, 36000)
+# One wait of the retry schedule: fractions allowed (quick local tests), at most 30 days.
+RetryWait = Annotated[float, Field(ge=0, le=30 * 86400, allow_inf_nan=False)]
 EMBEDDED_DIR = Path("var")
 # Loopback is admitted in the embedded mode only, so that a newcomer can point callbacks at a
 # receiver on the same machine (SPEC 6). Production starts with an empty allow-list.
@@ -36,7 +38,7 @@ class Settings(BaseModel):
     ingest_signing_secret: str | None = None
     presenter_link_ttl_seconds: Annotated[int, Field(ge=1)] = 600
     callback_allowed_networks: tuple[IPNetwork, ...] = ()
-    retry_schedule: tuple[int, ...] = DEFAULT_RETRY_SCHEDULE
+    retry_schedule: tuple[RetryWait, ...] = DEFAULT_RETRY_SCHEDULE
     callback_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 15.0
     max_body_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024
     inbox_sweep_after_seconds: Annotated[float, Field(gt=0)] = 5.0
@@ -61,7 +63,8 @@ class Settings(BaseModel):
         if value is not None:
             prefix, _, encoded = value.partition("whsec_")
             try:
-                key = base64.b64decode(encoded, validate=True)
+                # Unpadded base64 is common (and the library accepts it): pad before checking.
+                key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
             except binascii.Error:
                 key = b""
             if prefix or not key:
@@ -70,8 +73,8 @@ class Settings(BaseModel):
 
     @field_validator("retry_schedule")
     @classmethod
-    def _schedule_not_empty(cls, value: tuple[int, ...]) -> tuple[int, ...]:
-        if not value or any(seconds < 0 for seconds in value):
+    def _schedule_not_empty(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not value:
             raise ValueError("must be a non-empty list of non-negative seconds")
         return value
 

@@ -64,7 +64,7 @@ def cmd_users_create(args: argparse.Namespace) -> int:
 def cmd_tokens_create(args: argparse.Namespace) -> int:
     """Issue another access token for a user."""
     settings = _settings()
-    scopes = tuple(args.scope) if args.scope else SCOPES
+    scopes = _scopes(args.scope or [])
     with _session_factory(settings).begin() as session:
         user = accounts.find_user(session, args.email)
         issued = accounts.create_token(session, user=user, scopes=scopes, label=args.label)
@@ -76,14 +76,30 @@ def cmd_tokens_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scopes(values: Sequence[str]) -> tuple[str, ...]:
+    """Return the scopes named by repeated and/or comma-separated options; all when none."""
+    named = [part.strip() for value in values for part in value.split(",") if part.strip()]
+    unknown = sorted(set(named) - set(SCOPES))
+    if unknown:
+        raise DomainError(f"unknown scope {', '.join(unknown)}; use {', '.join(SCOPES)}")
+    return tuple(dict.fromkeys(named)) or SCOPES
+
+
 def cmd_tokens_revoke(args: argparse.Namespace) -> int:
     """Revoke an access token."""
     settings = _settings()
-    read_stdin = args.token == "-"  # noqa: S105  (a CLI convention, not a password)
-    token = sys.stdin.readline().strip() if read_stdin else args.token
+    given = args.token_option or args.token
+    if not given:
+        raise DomainError("give the token to revoke ('-' reads it from stdin)")
+    read_stdin = given == "-"
+    token = sys.stdin.readline().strip() if read_stdin else given
     with _session_factory(settings).begin() as session:
-        accounts.revoke_token(session, token)
-    print("token revoked")
+        record = accounts.revoke_token(session, token)
+        result = {"userId": record.user_id, "revoked": True}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print("token revoked")
     return 0
 
 
@@ -201,12 +217,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tcreate = tokens.add_parser("create", help="issue another token for a user")
     tcreate.add_argument("--email", required=True)
-    tcreate.add_argument("--scope", action="append", choices=SCOPES, help="repeat; default all")
+    tcreate.add_argument(
+        "--scope",
+        "--scopes",
+        action="append",
+        help=f"{', '.join(SCOPES)}; repeat or separate with commas; default all",
+    )
     tcreate.add_argument("--label", default=None)
     tcreate.add_argument("--json", action="store_true")
     tcreate.set_defaults(func=cmd_tokens_create)
     revoke = tokens.add_parser("revoke", help="revoke a token ('-' reads it from stdin)")
-    revoke.add_argument("token")
+    revoke.add_argument("token", nargs="?")
+    revoke.add_argument("--token", dest="token_option", help="the token (same as the argument)")
+    revoke.add_argument("--json", action="store_true")
     revoke.set_defaults(func=cmd_tokens_revoke)
 
     dbp = sub.add_parser("db", help="database").add_subparsers(dest="action", required=True)

@@ -11,6 +11,9 @@ from core.errors import DomainError, ValidationFailed
 
 JSON_TYPES = ("application/json",)
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+# Deeper bodies are refused: nothing we accept needs more, and Python's JSON parser and
+# encoder recurse (a 64 KiB body of brackets would otherwise be a 500).
+MAX_JSON_DEPTH = 64
 
 
 class UnsupportedMediaType(DomainError):
@@ -35,14 +38,42 @@ def read_object(*, allow_form: bool = False, allow_empty: bool = False) -> dict[
             return {}
         raise ValidationFailed("request body is required", code="body-required")
     if mimetype in JSON_TYPES or mimetype.endswith("+json"):
-        try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            raise ValidationFailed(
-                "request body is not valid JSON", code="malformed-json"
-            ) from None
-        if not isinstance(data, dict):
-            raise ValidationFailed("request body must be a JSON object", code="malformed-json")
-        return data
+        return parse_json_object(raw)
     accepted = "application/json" + (" or application/x-www-form-urlencoded" if allow_form else "")
     raise UnsupportedMediaType(f"Content-Type must be {accepted}")
+
+
+def _refuse_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON (RFC 8259); PostgreSQL's json type refuses them too.
+    raise ValueError(f"{name} is not JSON")
+
+
+def _depth(value: Any) -> int:
+    """Return how deeply `value` nests containers (iteratively: the input may be deep)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            level += 1
+            deepest = max(deepest, level)
+            if level <= MAX_JSON_DEPTH:
+                stack.extend((child, level) for child in item)
+    return deepest
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """Parse a JSON object strictly: no NaN/Infinity, at most MAX_JSON_DEPTH levels; else 400."""
+    try:
+        data = json.loads(raw, parse_constant=_refuse_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ValidationFailed("request body is not valid JSON", code="malformed-json") from None
+    if not isinstance(data, dict):
+        raise ValidationFailed("request body must be a JSON object", code="malformed-json")
+    if _depth(data) > MAX_JSON_DEPTH:
+        raise ValidationFailed(
+            f"request body nests deeper than {MAX_JSON_DEPTH} levels", code="malformed-json"
+        )
+    return data

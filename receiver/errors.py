@@ -6,6 +6,8 @@ import logging
 from typing import TYPE_CHECKING, NotRequired, TypedDict
 
 from flask import Response, g, jsonify
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from core.errors import DomainError, FieldError
@@ -28,6 +30,10 @@ HTTP_CODES = {
     429: "rate-limited",
     503: "service-unavailable",
 }
+# A database that cannot be reached (down, restarting, locked, pool exhausted) is a 503 the
+# client may retry (SPEC 3), never a 500.
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout)
+RETRY_AFTER_SECONDS = 5
 
 
 class ErrorBody(TypedDict):
@@ -72,12 +78,31 @@ def _handle_http_exception(exc: HTTPException) -> Response:
     return error_response(status, HTTP_CODES.get(status, "http-error"), message, headers=headers)
 
 
-def _handle_unexpected(exc: Exception) -> Response:
-    # The traceback goes to the log, never to the client (SPEC 3).
-    log.exception("receiver.request.failed")
+def _rollback() -> None:
     session = g.get("db_session")
     if session is not None:
         session.rollback()
+
+
+def _handle_database_unavailable(exc: Exception) -> Response:
+    # The driver's text may name hosts and users: it goes to the log only.
+    log.warning("receiver.database.unavailable", exc_info=exc)
+    try:
+        _rollback()
+    except DATABASE_UNAVAILABLE:
+        log.debug("receiver.database.rollback_failed", exc_info=True)
+    return error_response(
+        503,
+        "database-unavailable",
+        "the database is unavailable; retry later",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+def _handle_unexpected(exc: Exception) -> Response:
+    # The traceback goes to the log, never to the client (SPEC 3).
+    log.exception("receiver.request.failed")
+    _rollback()
     return error_response(500, "internal-error", "internal server error")
 
 
@@ -85,4 +110,6 @@ def register_error_handlers(app: Flask) -> None:
     """Route every error through `error_response`."""
     app.register_error_handler(DomainError, _handle_domain_error)
     app.register_error_handler(HTTPException, _handle_http_exception)
+    for exc_type in DATABASE_UNAVAILABLE:
+        app.register_error_handler(exc_type, _handle_database_unavailable)
     app.register_error_handler(Exception, _handle_unexpected)

@@ -12,6 +12,7 @@ from core.models import Meeting, User
 from core.services import events, meetings
 from receiver import get_settings
 from receiver.db import get_session
+from receiver.errors import error_response
 from receiver.tasks import enqueue
 
 bp = Blueprint("pages", __name__)
@@ -32,16 +33,31 @@ PRESENTER_STATES = {
 
 
 def _wants_json() -> bool:
-    best = request.accept_mimetypes.best_match(["text/html", "application/json"])
-    return best == "application/json"
+    """Say whether the client asked for JSON rather than a page.
+
+    `Accept` decides when it prefers one of the two (by weight, then by naming it rather than a
+    wildcard); when it does not (absent, `*/*`, a tie), a client that sent a JSON body is an API
+    client and gets JSON.
+    """
+    accept = request.accept_mimetypes
+    # werkzeug breaks ties by the order we offer: asking both ways round exposes a tie.
+    preferred = accept.best_match(["application/json", "text/html"])
+    if preferred is not None and preferred == accept.best_match(["text/html", "application/json"]):
+        return preferred == "application/json"
+    return request.is_json
 
 
-def _html(template: str, status: int = 200, **context: object) -> Response:
-    response = Response(render_template(template, **context), status=status, mimetype="text/html")
+def _no_store(response: Response) -> Response:
     # Presenter links are secrets: keep them out of caches and referrers.
     response.headers["Cache-Control"] = "no-store"
     response.headers["Referrer-Policy"] = "no-referrer"
     return response
+
+
+def _html(template: str, status: int = 200, **context: object) -> Response:
+    return _no_store(
+        Response(render_template(template, **context), status=status, mimetype="text/html")
+    )
 
 
 @bp.get("/presenter/<token>")
@@ -49,6 +65,9 @@ def presenter_page(token: str) -> Response:
     """Show the presenter page; consumes nothing (link previewers fetch links)."""
     state = meetings.peek_presenter_link(get_session(), token)
     status = 200 if state == "usable" else 410
+    if status == 410 and _wants_json():
+        code = "meeting-ended" if state == "ended" else f"presenter-link-{state}"
+        return _no_store(error_response(410, code, PRESENTER_STATES[state]))
     return _html(
         "presenter.html",
         status,
@@ -77,7 +96,9 @@ def presenter_start(token: str) -> Response:
     for delivery_id in applied.delivery_ids:
         enqueue("workers.deliveries.deliver", delivery_id=delivery_id)
     if _wants_json():
-        return jsonify(meetings.meeting_json(meeting, _owner(meeting), get_settings().base_url))
+        return _no_store(
+            jsonify(meetings.meeting_json(meeting, _owner(meeting), get_settings().base_url))
+        )
     return _html("presenter.html", title="Meeting started", state="started", message="")
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from flask import current_app
+from kombu import pools as kombu_pools
 
 if TYPE_CHECKING:
     from core.config import Settings
@@ -31,6 +33,13 @@ class CeleryEnqueuer:
         """Release the broker connections."""
         # close() alone leaves the producer pool's AMQP socket open (a ResourceWarning).
         self.celery.producer_pool.connections.force_close_all()
+        # kombu keeps one producer pool per broker URL for the whole process: drop the one we
+        # just closed, or the next app on this URL would get "Acquire on closed pool".
+        connection = self.celery.connection_for_write()
+        for group in (kombu_pools.producers, kombu_pools.connections):
+            with contextlib.suppress(KeyError):
+                del group[connection]
+        connection.release()
         self.celery.close()
 
 

@@ -83,6 +83,9 @@ def make_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
+        # Keep reconnecting through a broker outage of any length; the database holds the work.
+        broker_connection_max_retries=None,
+        beat_scheduler="workers.beat:ResilientScheduler",
         broker_transport_options=transport_options,
         task_queues=(Queue(EVENTS_QUEUE), Queue(DELIVERIES_QUEUE)),
         task_default_queue=EVENTS_QUEUE,

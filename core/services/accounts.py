@@ -22,8 +22,12 @@ PERSONAL_URL_RE = re.compile(r"^[a-z][a-z0-9-]{1,62}$")
 RESERVED_PERSONAL_URLS = frozenset(
     {"v1", "presenter", "audio", "healthz", "readyz", "metrics", "openapi", "static", "api"}
 )
-EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+EMAIL_RE = re.compile(r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$")
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 SECRET_ROTATION_OVERLAP = dt.timedelta(hours=24)
+MAX_NAME_LENGTH = 200  # users.full_name is VARCHAR(200)
+MAX_LABEL_LENGTH = 100  # access_tokens.label is VARCHAR(100)
+MAX_EMAIL_LENGTH = 254  # RFC 5321's limit for a forward path
 
 
 @dataclass(frozen=True)
@@ -39,8 +43,14 @@ def create_user(
 ) -> tuple[User, IssuedToken]:
     """Create a user with a signing secret and an all-scopes token."""
     email = email.strip().lower()
-    if not EMAIL_RE.match(email):
+    if len(email) > MAX_EMAIL_LENGTH or not EMAIL_RE.match(email):
         raise ValidationFailed("invalid email", errors=[{"field": "email", "message": "invalid"}])
+    full_name = full_name.strip()
+    if not full_name or len(full_name) > MAX_NAME_LENGTH or CONTROL_RE.search(full_name):
+        raise ValidationFailed(
+            f"name must be 1-{MAX_NAME_LENGTH} characters without control characters",
+            errors=[{"field": "fullName", "message": "invalid"}],
+        )
     if personal_url is not None:
         personal_url = personal_url.strip().lower()
         if not PERSONAL_URL_RE.match(personal_url) or personal_url in RESERVED_PERSONAL_URLS:
@@ -61,7 +71,7 @@ def create_user(
         raise Conflict(f"{field} is already taken", code=f"{field.lower()}-taken")
     user = User(
         email=email,
-        full_name=full_name.strip(),
+        full_name=full_name,
         personal_url=personal_url,
         signing_secret=new_signing_secret(),
     )
@@ -85,6 +95,10 @@ def create_token(
     unknown = set(scopes) - set(SCOPES)
     if unknown or not scopes:
         raise ValidationFailed(f"scopes must be among {', '.join(SCOPES)}")
+    if label is not None and (len(label) > MAX_LABEL_LENGTH or CONTROL_RE.search(label)):
+        raise ValidationFailed(
+            f"label must be at most {MAX_LABEL_LENGTH} characters without control characters"
+        )
     token = new_token()
     record = AccessToken(
         user_id=user.id, token_hash=hash_token(token), scopes=" ".join(scopes), label=label

@@ -47,6 +47,9 @@ IN_PROGRESS = "in-progress"
 INTERRUPTED = "interrupted"
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
+MAX_CURSOR_LENGTH = 200
+# Ids are 32-bit INTEGER columns: a larger id names no row, and PostgreSQL refuses to compare.
+MAX_ROW_ID = 2**31 - 1
 USER_AGENT = "meetinghooks-webhooks/1.0"
 
 _jitter_source = random.SystemRandom()
@@ -139,8 +142,8 @@ class Outcome:
 
     @property
     def succeeded(self) -> bool:
-        """Tell whether the receiver answered 2xx."""
-        return self.status_code is not None and 200 <= self.status_code < 300
+        """Tell whether the receiver answered 2xx within the timeout."""
+        return self.error is None and self.status_code is not None and 200 <= self.status_code < 300
 
 
 def lease_duration(settings: Settings) -> dt.timedelta:
@@ -263,10 +266,15 @@ def send(
     finally:
         response.close()
     status = response.status_code
+    error = None if 200 <= status < 300 else _status_error(status)
+    if error is None and latency_ms > timeout * 1000:
+        # SPEC 6: success is a 2xx *within* the timeout. Connect and read timeouts each
+        # bound one step; a status line that came later than the whole budget still fails.
+        error = "timeout"
     return Outcome(
         status_code=status,
         latency_ms=latency_ms,
-        error=None if 200 <= status < 300 else _status_error(status),
+        error=error,
         response_body=body.decode("utf-8", errors="replace"),
         retry_after=parse_retry_after(response.headers.get("Retry-After"), now=timestamp),
     )
@@ -318,8 +326,10 @@ def parse_retry_after(value: str | None, *, now: dt.datetime) -> dt.timedelta | 
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return dt.timedelta(seconds=int(value))
+    if value.isascii() and value.isdigit():
+        # Anything longer than nine digits is beyond every bound we honour; int() and
+        # timedelta() would refuse (or overflow on) a receiver's absurd value.
+        return MAX_RETRY_AFTER if len(value) > 9 else dt.timedelta(seconds=int(value))
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -330,7 +340,7 @@ def parse_retry_after(value: str | None, *, now: dt.datetime) -> dt.timedelta | 
 
 
 def retry_delay(
-    schedule: Sequence[int],
+    schedule: Sequence[float],
     attempts_made: int,
     *,
     status_code: int | None = None,
@@ -369,7 +379,7 @@ def record(
     outcome: Outcome,
     *,
     now: dt.datetime,
-    schedule: Sequence[int],
+    schedule: Sequence[float],
     rng: random.Random | None = None,
 ) -> Recorded | None:
     """Log the attempt and move the delivery on: succeeded, failed, or due again later."""
@@ -423,6 +433,10 @@ def _disable_webhook(session: Session, delivery: Delivery, now: dt.datetime) -> 
         else None
     )
     if webhook is None or webhook.disabled_at is not None:
+        return False
+    if webhook.callback_url != delivery.callback_url:
+        # The callback was registered again with another URL since this delivery was made:
+        # the 410 speaks for the old URL only, the new registration stays live.
         return False
     webhook.disabled_at = now
     webhook.disabled_reason = "the callback answered 410 Gone"
@@ -493,11 +507,13 @@ def _encode_cursor(delivery_id: int) -> str:
 
 def _decode_cursor(cursor: str) -> int:
     try:
+        if len(cursor) > MAX_CURSOR_LENGTH:
+            raise ValueError(cursor)
         data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         before = data["before"]
     except (ValueError, TypeError, KeyError, binascii.Error):
         before = None
-    if not isinstance(before, int) or isinstance(before, bool) or before < 1:
+    if not isinstance(before, int) or isinstance(before, bool) or not 1 <= before <= MAX_ROW_ID:
         raise ValidationFailed(
             "cursor is not one this API returned",
             code="invalid-cursor",
@@ -517,7 +533,11 @@ def list_deliveries(
 ) -> tuple[list[dict[str, Any]], str | None]:
     """Return one page of the user's deliveries, newest first, and the next page's cursor."""
     if meeting_id is not None:
-        owner = session.scalar(sa.select(Meeting.user_id).where(Meeting.id == meeting_id))
+        owner = (
+            session.scalar(sa.select(Meeting.user_id).where(Meeting.id == meeting_id))
+            if 1 <= meeting_id <= MAX_ROW_ID
+            else None
+        )
         if owner != user_id:
             raise NotFound(f"meeting {meeting_id} not found", code="meeting-not-found")
     query = sa.select(Delivery).where(Delivery.user_id == user_id)
@@ -535,17 +555,26 @@ def list_deliveries(
 
 def get_delivery(session: Session, user_id: int, delivery_id: int) -> Delivery:
     """Return the user's delivery; another user's is NotFound."""
-    delivery = session.get(Delivery, delivery_id)
+    delivery = session.get(Delivery, delivery_id) if 1 <= delivery_id <= MAX_ROW_ID else None
     if delivery is None or delivery.user_id != user_id:
         raise NotFound(f"delivery {delivery_id} not found", code="delivery-not-found")
     return delivery
 
 
-def redeliver(session: Session, user_id: int, delivery_id: int, *, now: dt.datetime) -> Delivery:
+def redeliver(
+    session: Session,
+    user_id: int,
+    delivery_id: int,
+    *,
+    now: dt.datetime,
+    max_attempts: int | None = None,
+) -> Delivery:
     """Make a delivery due at once with the same `webhook-id`; the caller enqueues it.
 
     A pending delivery just skips the rest of its wait. A succeeded or failed one starts a
-    new round: one attempt now, and the full retry schedule if that fails.
+    new round: one attempt now, and the full retry schedule if that fails. So does a
+    pending one with no attempt left (its last worker died), which `claim` would otherwise
+    fail without sending.
     """
     delivery = get_delivery(session, user_id, delivery_id)
     session.refresh(delivery, with_for_update=True)
@@ -560,7 +589,9 @@ def redeliver(session: Session, user_id: int, delivery_id: int, *, now: dt.datet
             "the callback answered 410 Gone and its webhook is disabled; register it again",
             code="webhook-disabled",
         )
-    if delivery.status != "pending":
+    if delivery.status != "pending" or (
+        max_attempts is not None and delivery.attempt_count >= max_attempts
+    ):
         delivery.attempt_count = 0
     delivery.status = "pending"
     delivery.next_attempt_at = now

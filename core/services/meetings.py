@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 
 MAX_CUSTOM_DATA_BYTES = 4096
 CODE_ATTEMPTS = 20
+# Meeting ids are 32-bit integer keys; a larger id in a URL names no meeting (and must not
+# reach the database driver, which refuses to bind it).
+MAX_MEETING_ID = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,8 @@ class Started:
 
 def get_meeting(session: Session, user: User, meeting_id: int, *, lock: bool = False) -> Meeting:
     """Return the user's meeting; another user's or a deleted one is NotFound (never 403)."""
+    if not 1 <= meeting_id <= MAX_MEETING_ID:
+        raise NotFound(f"meeting {meeting_id} not found", code="meeting-not-found")
     query = sa.select(Meeting).where(
         Meeting.id == meeting_id, Meeting.user_id == user.id, Meeting.deleted_at.is_(None)
     )
@@ -192,7 +197,9 @@ def _register_one(
     except ssrf.CallbackUrlRefused as refused:
         return _refusal(refused.code, refused.message)
     custom = entry.get("customCallbackData")
-    if len(json.dumps(custom, separators=(",", ":")).encode()) > MAX_CUSTOM_DATA_BYTES:
+    # Measured as the UTF-8 bytes of its compact JSON ("ü" is two bytes, not a 6-byte escape).
+    compact = json.dumps(custom, separators=(",", ":"), ensure_ascii=False)
+    if len(compact.encode("utf-8", "surrogatepass")) > MAX_CUSTOM_DATA_BYTES:
         return _refusal("custom-data-too-large", "customCallbackData must be at most 4 KiB")
 
     hook = session.scalar(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
@@ -16,6 +17,7 @@ from receiver.db import get_session
 from receiver.tasks import enqueue
 
 bp = Blueprint("meetings", __name__, url_prefix="/v1/meetings")
+UNENCODED_OFFSET_RE = re.compile(r"^(.+[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?) (\d{2}:?\d{2})$")
 
 
 def _json(body: dict[str, Any], status: int) -> Response:
@@ -96,6 +98,9 @@ def create() -> Response:
 def list_upcoming() -> Response:
     """List upcoming scheduled meetings, up to `endDate` when given."""
     end_date = request.args.get("endDate")
+    if end_date:
+        # An unencoded `+01:00` offset arrives as ` 01:00` (a `+` in a query is a space).
+        end_date = UNENCODED_OFFSET_RE.sub(r"\1+\2", end_date.strip())
     user = current_user()
     found = meetings.list_upcoming(
         get_session(),

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from core.db import utcnow
 from core.services import accounts, deliveries
 from core.validation import isoformat, validate
+from receiver import get_settings
 from receiver.auth import current_user, require_scope
 from receiver.db import get_session
 from receiver.tasks import enqueue
@@ -31,7 +32,8 @@ class DeliveryQuery(BaseModel):
     meeting_id: int | None = Field(default=None, alias="meetingId", ge=1)
     status: Literal["pending", "succeeded", "failed"] | None = None
     limit: int = Field(default=deliveries.DEFAULT_PAGE_SIZE, ge=1, le=deliveries.MAX_PAGE_SIZE)
-    cursor: str | None = Field(default=None, max_length=200)
+    # Checked by the service, so that every bad cursor is the same 400 `invalid-cursor`.
+    cursor: str | None = None
 
 
 def _json(body: dict[str, Any], status: int = 200) -> Response:
@@ -44,7 +46,8 @@ def _json(body: dict[str, Any], status: int = 200) -> Response:
 @require_scope("start_meeting")
 def list_deliveries() -> Response:
     """List the user's deliveries, newest first, one page at a time."""
-    query = validate(DeliveryQuery, request.args.to_dict())
+    # An empty parameter (`?meetingId=&status=`, as a form leaves it) means "no filter".
+    query = validate(DeliveryQuery, {k: v for k, v in request.args.items() if v != ""})
     page, next_cursor = deliveries.list_deliveries(
         get_session(),
         current_user().id,
@@ -70,7 +73,13 @@ def get_delivery(delivery_id: int) -> Response:
 def redeliver(delivery_id: int) -> Response:
     """Send a delivery again at once, with the same webhook-id: 202."""
     session = get_session()
-    delivery = deliveries.redeliver(session, current_user().id, delivery_id, now=utcnow())
+    delivery = deliveries.redeliver(
+        session,
+        current_user().id,
+        delivery_id,
+        now=utcnow(),
+        max_attempts=len(get_settings().retry_schedule) + 1,
+    )
     session.commit()
     enqueue(DELIVER_TASK, delivery_id=delivery.id)
     return _json(deliveries.serialize(session, [delivery])[0], 202)

@@ -1,12 +1,17 @@
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.config import Settings
+from core.db import make_engine, make_session_factory
 from core.services import accounts
+from receiver import create_app
 from tests.conftest import Account
 
 INVALID = 'Bearer realm="meetinghooks", error="invalid_token"'
@@ -119,3 +124,80 @@ class TestUser:
         )
         body = client.get("/v1/user", headers=account.headers).get_json()
         assert body["numberOfMeetingsHosted"] == 1
+
+
+class TestErrorBodies:
+    @pytest.mark.parametrize(
+        ("method", "path", "status", "code"),
+        [
+            ("get", "/v1/no-such-endpoint", 404, "not-found"),
+            ("get", "/v1/meetings/abc", 404, "not-found"),
+            ("get", "/v1/meetings/start", 405, "method-not-allowed"),
+            ("put", "/v1/meetings/1", 405, "method-not-allowed"),
+            ("post", "/v1/user", 405, "method-not-allowed"),
+        ],
+    )
+    def test_flask_routing_errors_are_json(
+        self, client: FlaskClient, account: Account, method: str, path: str, status: int, code: str
+    ) -> None:
+        response = getattr(client, method)(path, headers=account.headers)
+        assert response.status_code == status
+        assert response.mimetype == "application/json"
+        body = response.get_json()
+        assert set(body) == {"Message", "code", "errors"}
+        assert body["code"] == code
+        assert body["Message"]
+        assert body["errors"] == []
+        if status == 405:
+            assert response.headers["Allow"]
+
+    def test_body_over_64_kib_is_413_json(self, client: FlaskClient, account: Account) -> None:
+        response = client.post(
+            "/v1/meetings",
+            data=b'{"meetingName": "' + b"x" * (64 * 1024) + b'"}',
+            content_type="application/json",
+            headers=account.headers,
+        )
+        assert response.status_code == 413
+        assert response.get_json()["code"] == "body-too-large"
+
+    def test_a_500_never_shows_the_exception(self, app: Flask, account: Account) -> None:
+        def explode() -> None:
+            raise RuntimeError("password=hunter2 at /srv/secret.py line 3")
+
+        app.add_url_rule("/v1/test-explode", view_func=explode)
+        response = app.test_client().get("/v1/test-explode")
+        assert response.status_code == 500
+        assert response.get_json() == {
+            "Message": "internal server error",
+            "code": "internal-error",
+            "errors": [],
+        }
+        assert b"hunter2" not in response.data
+        assert b"Traceback" not in response.data
+
+    @pytest.mark.parametrize(
+        ("method", "path"),
+        [
+            ("get", "/v1/user"),
+            ("get", "/v1/meetings/1"),
+            ("post", "/v1/meetings/start"),
+        ],
+    )
+    def test_unreachable_database_is_503_with_retry_after(
+        self, settings: Settings, tmp_path: Path, method: str, path: str
+    ) -> None:
+        unreachable = make_session_factory(
+            make_engine(f"sqlite:///{tmp_path}/missing-dir/none.sqlite3")
+        )
+        app = create_app(settings, session_factory=unreachable, enqueue=lambda *_: None)
+        response = getattr(app.test_client(), method)(
+            path,
+            json={"startWithPersonalUrl": False},
+            headers={"Authorization": "Bearer some-token"},
+        )
+        assert response.status_code == 503
+        assert response.headers["Retry-After"] == "5"
+        body = response.get_json()
+        assert body["code"] == "database-unavailable"
+        assert "missing-dir" not in body["Message"]

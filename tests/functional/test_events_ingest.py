@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
+import hmac
+import io
 import json
 import secrets
 from typing import Any
@@ -256,7 +260,9 @@ class TestRefused:
             assert session.scalar(sa.select(sa.func.count()).select_from(Event)) == 0
         assert enqueued.calls == []
 
-    @pytest.mark.parametrize("secret", ["whsec_", "whsec_!!!!!", "whsec_a", "not base64 at all", "c2VjcmV0"])
+    @pytest.mark.parametrize(
+        "secret", ["whsec_", "whsec_!!!!!", "whsec_a", "not base64 at all", "c2VjcmV0"]
+    )
     def test_unusable_secret_stops_the_service_at_start_up(
         self, settings: Settings, secret: str
     ) -> None:
@@ -317,6 +323,25 @@ class TestRefused:
         assert response.get_json()["code"] == "body-too-large"
         assert events_in(db_session) == []
         assert (REGISTRY.get_sample_value(*counted) or 0.0) - before == 1
+
+    def test_oversized_chunked_body_is_413_not_a_cut_body(
+        self, client: FlaskClient, meeting: dict[str, Any], db_session: Session
+    ) -> None:
+        def chunked(body: str) -> Any:
+            # No Content-Length; the server ends the stream, as gunicorn does for chunked bodies.
+            return client.post(
+                "/v1/events",
+                input_stream=io.BytesIO(body.encode()),
+                headers={**signed(body), "Transfer-Encoding": "chunked"},
+                environ_overrides={"wsgi.input_terminated": True},
+            )
+
+        big = json.dumps({"type": "meeting.end", "pad": "x" * 70_000})
+        response = chunked(big)
+        assert response.status_code == 413
+        assert response.get_json()["code"] == "body-too-large"
+        assert events_in(db_session) == []
+        assert chunked(event_body(meeting["meetingId"])).status_code == 202
 
     def test_unsigned_oversized_body_is_refused_without_being_read(
         self, client: FlaskClient, db_session: Session
@@ -520,3 +545,282 @@ class TestEdges:
         post(client, "{", signed("{"))
         after = samples()
         assert [b - a for a, b in zip(before, after, strict=True)] == [1, 1, 1, 1, 1, 1, 1, 1]
+
+
+def other_secret_signature(body: str, msg_id: str) -> str:
+    return signed(body, secret="whsec_" + "A" * 40, msg_id=msg_id)["webhook-signature"]
+
+
+class TestSignatureLists:
+    """Standard Webhooks allows several signatures; one that verifies is enough."""
+
+    @pytest.mark.parametrize(
+        "arrange",
+        [
+            lambda good, wrong: f"{wrong} {good}",
+            lambda good, wrong: f"{good} {wrong}",
+            lambda good, wrong: f"v1,a,b {good}",  # a malformed entry before the good one
+            lambda good, wrong: f"v1,@@@ {good}",  # bad base64 before the good one
+            lambda good, wrong: f"v1a,AAAA {good}",  # another version is skipped
+            lambda good, wrong: f"{wrong}  {good}",  # two spaces
+            lambda good, wrong: f"{wrong}\t{good}",
+            lambda good, wrong: f"v1 {good} ",
+        ],
+        ids=["wrong-good", "good-wrong", "malformed", "bad-base64", "v1a", "two-spaces", "tab",
+             "no-comma"],
+    )  # fmt: skip
+    def test_a_valid_signature_anywhere_in_the_list_is_accepted(
+        self, client: FlaskClient, meeting: dict[str, Any], db_session: Session, arrange: Any
+    ) -> None:
+        body = event_body(meeting["meetingId"])
+        headers = signed(body)
+        good = headers["webhook-signature"]
+        wrong = other_secret_signature(body, headers["webhook-id"])
+        response = post(client, body, {**headers, "webhook-signature": arrange(good, wrong)})
+        assert response.status_code == 202
+        assert len(events_in(db_session)) == 1
+
+    def test_signatures_in_repeated_headers_are_heard(
+        self, client: FlaskClient, meeting: dict[str, Any]
+    ) -> None:
+        body = event_body(meeting["meetingId"])
+        headers = signed(body)
+        wrong = other_secret_signature(body, headers["webhook-id"])
+        listed = [(k, v) for k, v in headers.items() if k != "webhook-signature"]
+        listed += [
+            ("webhook-signature", wrong),
+            ("webhook-signature", headers["webhook-signature"]),
+        ]
+        assert client.post("/v1/events", data=body, headers=listed).status_code == 202
+
+    @pytest.mark.parametrize(
+        "mangle",
+        [
+            lambda good: good.removeprefix("v1,"),  # no version
+            lambda good: "v2," + good.removeprefix("v1,"),
+            lambda good: "v1," + good.removeprefix("v1,")[:-4],  # truncated
+            lambda good: "",
+        ],
+        ids=["no-version", "v2", "truncated", "empty"],
+    )
+    def test_no_valid_v1_signature_is_401(
+        self, client: FlaskClient, meeting: dict[str, Any], db_session: Session, mangle: Any
+    ) -> None:
+        body = event_body(meeting["meetingId"])
+        headers = signed(body)
+        response = post(
+            client, body, {**headers, "webhook-signature": mangle(headers["webhook-signature"])}
+        )
+        assert response.status_code == 401
+        assert response.get_json()["code"] == "invalid-signature"
+        assert events_in(db_session) == []
+
+    @pytest.mark.parametrize(
+        ("timestamp", "says"),
+        [("1.5e9", "unix seconds"), ("-60", "unix seconds"), ("99999999999999999999", "too new"),
+         ("0", "too old")],
+    )  # fmt: skip
+    def test_timestamp_header_must_be_recent_whole_seconds(
+        self, client: FlaskClient, db_session: Session, timestamp: str, says: str
+    ) -> None:
+        body = event_body(1)
+        msg_id = "msg_" + secrets.token_hex(8)
+        # Signed over the header exactly as sent, so only the timestamp rule can refuse it.
+        digest = hmac.new(
+            base64.b64decode(INGEST_SECRET.removeprefix("whsec_")),
+            f"{msg_id}.{timestamp}.{body}".encode(),
+            hashlib.sha256,
+        ).digest()
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": msg_id,
+            "webhook-timestamp": timestamp,
+            "webhook-signature": "v1," + base64.b64encode(digest).decode(),
+        }
+        response = post(client, body, headers)
+        assert response.status_code == 401
+        assert says in response.get_json()["Message"]
+        assert events_in(db_session) == []
+
+    def test_signed_body_that_is_not_utf8_is_400_not_401(
+        self, client: FlaskClient, db_session: Session
+    ) -> None:
+        # The signature covers the raw bytes, so it verifies; then the body is not JSON.
+        body = b'{"type": "meeting.end", "x": "\xff"}'
+        msg_id = "msg_" + secrets.token_hex(8)
+        now = str(int(dt.datetime.now(dt.UTC).timestamp()))
+        digest = hmac.new(
+            base64.b64decode(INGEST_SECRET.removeprefix("whsec_")),
+            f"{msg_id}.{now}.".encode() + body,
+            hashlib.sha256,
+        ).digest()
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": msg_id,
+            "webhook-timestamp": now,
+            "webhook-signature": "v1," + base64.b64encode(digest).decode(),
+        }
+        response = post(client, body, headers)
+        assert response.status_code == 400
+        assert response.get_json()["code"] == "malformed-json"
+        assert events_in(db_session) == []
+
+    def test_unpadded_secret_is_usable(
+        self, settings: Settings, session_factory: Any, enqueued: Enqueued, db_session: Session
+    ) -> None:
+        # A 32-byte key is 44 base64 characters with one "="; many tools drop the padding.
+        secret = "whsec_" + base64.b64encode(b"k" * 32).decode().rstrip("=")
+        configured = Settings.from_env(
+            {"DATABASE_URL": settings.database_url, "BROKER_URL": "memory://",
+             "INGEST_SIGNING_SECRET": secret}
+        )  # fmt: skip
+        app: Flask = create_app(configured, session_factory=session_factory, enqueue=enqueued)
+        body = event_body(1)
+        response = app.test_client().post(
+            "/v1/events", data=body, headers=signed(body, secret=secret)
+        )
+        assert response.status_code == 202
+        assert len(events_in(db_session)) == 1
+
+
+class TestContentType:
+    @pytest.mark.parametrize(
+        "content_type",
+        ["application/json; charset=utf-8", "application/json;charset=UTF-8", "Application/JSON",
+         "application/webhook+json", None],
+    )  # fmt: skip
+    def test_json_or_no_content_type_is_read(
+        self,
+        client: FlaskClient,
+        meeting: dict[str, Any],
+        db_session: Session,
+        content_type: str | None,
+    ) -> None:
+        body = event_body(meeting["meetingId"])
+        headers = signed(body)
+        del headers["content-type"]
+        if content_type is not None:
+            headers["content-type"] = content_type
+        response = post(client, body, headers)
+        assert response.status_code == 202
+        assert response.is_json
+        assert len(events_in(db_session)) == 1
+
+    @pytest.mark.parametrize("body", ["", "not json", "[1]"])
+    def test_no_content_type_still_needs_a_json_object(
+        self, client: FlaskClient, db_session: Session, body: str
+    ) -> None:
+        headers = signed(body)
+        del headers["content-type"]
+        response = post(client, body, headers)
+        assert response.status_code == 400
+        assert response.get_json()["code"] in {"malformed-json", "body-required"}
+        assert events_in(db_session) == []
+
+    @pytest.mark.parametrize(
+        "content_type", ["text/plain", "application/x-www-form-urlencoded", "application/xml"]
+    )
+    def test_another_declared_type_is_415_once_signed(
+        self, client: FlaskClient, meeting: dict[str, Any], db_session: Session, content_type: str
+    ) -> None:
+        body = event_body(meeting["meetingId"])
+        response = post(client, body, {**signed(body), "content-type": content_type})
+        assert response.status_code == 415
+        assert response.get_json()["code"] == "unsupported-media-type"
+        unsigned = post(client, body, {"content-type": content_type})
+        assert unsigned.status_code == 401  # the signature is checked first
+        assert events_in(db_session) == []
+
+
+class TestConferenceId:
+    def test_a_number_stands_for_the_nine_digit_string(
+        self, client: FlaskClient, account: Account, meeting: dict[str, Any], db_session: Session
+    ) -> None:
+        db_session.execute(
+            sa.update(Meeting)
+            .where(Meeting.id == meeting["meetingId"])
+            .values(conference_id="012345678")
+        )
+        db_session.commit()
+        body = json.dumps(
+            {"type": "meeting.start", "timestamp": iso(NOW), "data": {"conferenceId": 12345678}}
+        )
+        assert post(client, body, signed(body)).status_code == 202
+        stored = events_in(db_session)
+        assert [e.meeting_id for e in stored] == [meeting["meetingId"]]
+        assert stored[0].payload["data"] == {"conferenceId": "012345678"}
+
+    @pytest.mark.parametrize(
+        "value", [True, -1, 10**9, 1.5, "12345678", "1234567890", "12345678a", "١٢٣٤٥٦٧٨٩", [1], {}]
+    )
+    def test_anything_else_is_400(
+        self, client: FlaskClient, db_session: Session, value: Any
+    ) -> None:
+        body = json.dumps(
+            {"type": "meeting.start", "timestamp": iso(NOW), "data": {"conferenceId": value}}
+        )
+        response = post(client, body, signed(body))
+        assert response.status_code == 400
+        assert [e["field"] for e in response.get_json()["errors"]] == ["data.conferenceId"]
+        assert events_in(db_session) == []
+
+    def test_every_bad_field_is_listed_at_once(
+        self, client: FlaskClient, db_session: Session
+    ) -> None:
+        body = json.dumps(
+            {"type": "meeting.pause", "timestamp": "2026-11-24T10:00:00",
+             "data": {"meetingId": "1", "conferenceId": "x"}}
+        )  # fmt: skip
+        response = post(client, body, signed(body, msg_id="m" * 300))
+        assert response.status_code == 400
+        assert {e["field"] for e in response.get_json()["errors"]} == {
+            "type", "timestamp", "data.meetingId", "data.conferenceId", "webhook-id",
+        }  # fmt: skip
+        assert events_in(db_session) == []
+
+
+def test_unknown_meetings_are_counted_once(client: FlaskClient, db_session: Session) -> None:
+    def counted() -> float:
+        sample = REGISTRY.get_sample_value(
+            "meetinghooks_ingest_unknown_meeting_total", {"type": "meeting.end"}
+        )
+        return sample or 0.0
+
+    before = counted()
+    body = event_body(987654, type_="meeting.end")
+    headers = signed(body)
+    assert post(client, body, headers).status_code == 202
+    assert post(client, body, headers).status_code == 200  # the repeat is not counted again
+    other = event_body(type_="meeting.end", conferenceId="000000002")
+    assert post(client, other, signed(other)).status_code == 202
+    assert counted() - before == 2
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert "meetinghooks_ingest_unknown_meeting_total" in metrics
+
+
+def test_events_are_applied_by_their_own_time_not_arrival(
+    client: FlaskClient,
+    account: Account,
+    meeting: dict[str, Any],
+    session_factory: Any,
+    db_session: Session,
+) -> None:
+    started = dt.datetime(2026, 11, 24, 10, 0, 3, tzinfo=dt.UTC)
+    reports = [  # as they arrive: the end first, then a duplicate end, then the start
+        ("meeting.end", started + dt.timedelta(seconds=125)),
+        ("meeting.end", started + dt.timedelta(seconds=600)),
+        ("meeting.start", started),
+    ]
+    for type_, when in reports:
+        body = json.dumps(
+            {"type": type_, "timestamp": iso(when), "data": {"meetingId": meeting["meetingId"]}}
+        )
+        assert post(client, body, signed(body)).status_code == 202
+    for stored in events_in(db_session):
+        with session_factory.begin() as session:
+            events_service.apply_event(session, stored.id)
+    answer = client.get(f"/v1/meetings/{meeting['meetingId']}", headers=account.headers).get_json()
+    shown = (answer["status"], answer["startedAt"], answer["endedAt"], answer["durationSeconds"])
+    assert shown == ("ended", "2026-11-24T10:00:03Z", "2026-11-24T10:02:08Z", 125)
+    db_session.rollback()  # end the read snapshot: the workers' writes come after it
+    assert [e.outcome for e in events_in(db_session)] == ["applied", "duplicate", "applied"]

@@ -95,6 +95,14 @@ class TestAdHocStart:
             ({"startWithPersonalUrl": True, "viewerAppDetection": "no"}, {"viewerAppDetection"}),
             ({"startWithPersonalUrl": True, "webhooks": ["https://x.test"]}, {"webhooks"}),
             ({"startWithPersonalUrl": True, "webhooks": "https://x.test"}, {"webhooks"}),
+            ({"startWithPersonalUrl": True, "webhooks": None}, {"webhooks"}),
+            ({"startWithPersonalUrl": True, "webhooks": 7}, {"webhooks"}),
+            ({"startWithPersonalUrl": "True"}, {"startWithPersonalUrl"}),
+            ({"startWithPersonalUrl": ""}, {"startWithPersonalUrl"}),
+            ({"startWithPersonalUrl": True, "viewerMode": ""}, {"viewerMode"}),
+            ({"startWithPersonalUrl": True, "viewerMode": "HEADLESS"}, {"viewerMode"}),
+            ({"startWithPersonalUrl": True, "viewerAppDetection": None}, {"viewerAppDetection"}),
+            ({"startWithPersonalUrl": True, "viewerAppDetection": 0}, {"viewerAppDetection"}),
             ({"startWithPersonalUrl": "maybe", "viewerMode": 3, "viewerAppDetection": []},
              {"startWithPersonalUrl", "viewerMode", "viewerAppDetection"}),
         ],
@@ -115,6 +123,32 @@ class TestAdHocStart:
         assert {e["field"] for e in error["errors"]} == fields
         assert count(db_session, Meeting) == 0
 
+    def test_form_encoded_webhooks_is_400_and_stores_nothing(
+        self, client: FlaskClient, account: Account, db_session: Session
+    ) -> None:
+        response = client.post(
+            "/v1/meetings/start",
+            data={"startWithPersonalUrl": "true", "webhooks": '{"meeting.start": {}}'},
+            headers=account.headers,
+        )
+        assert response.status_code == 400
+        assert [e["field"] for e in response.get_json()["errors"]] == ["webhooks"]
+        assert count(db_session, Meeting) == 0
+        assert count(db_session, Webhook) == 0
+
+    def test_form_encoded_string_booleans_are_accepted(
+        self, client: FlaskClient, account: Account
+    ) -> None:
+        response = client.post(
+            "/v1/meetings/start",
+            data={"startWithPersonalUrl": "true", "viewerAppDetection": "false"},
+            headers=account.headers,
+        )
+        assert response.status_code == 201
+        assert response.get_json()["viewerLink"] == (
+            "https://meet.example.test/alice?viewerAppDetection=false"
+        )
+
     def test_unknown_fields_are_ignored(self, client: FlaskClient, account: Account) -> None:
         response = start(client, account, {"startWithPersonalUrl": False, "colour": "blue"})
         assert response.status_code == 201
@@ -128,6 +162,31 @@ class TestAdHocStart:
         )
         assert response.status_code == 400
         assert response.get_json()["code"] == "malformed-json"
+
+    @pytest.mark.parametrize(
+        "raw",
+        [
+            b'{"startWithPersonalUrl": false, "x": NaN}',
+            b'{"startWithPersonalUrl": false, "webhooks": {"meeting.start": '
+            b'{"callbackUrl": "https://93.184.216.34/", "customCallbackData": Infinity}}}',
+            b'{"startWithPersonalUrl": false, "x": ' + b"[" * 30000 + b"]" * 30000 + b"}",
+            b'{"startWithPersonalUrl": false, "webhooks": {"meeting.start": '
+            b'{"callbackUrl": "https://93.184.216.34/", "customCallbackData": '
+            + b"[" * 65
+            + b"]" * 65
+            + b"}}}",
+        ],
+        ids=["nan", "infinity", "deep-brackets", "deep-custom-data"],
+    )
+    def test_json_that_is_not_plain_json_is_400(
+        self, client: FlaskClient, account: Account, db_session: Session, raw: bytes
+    ) -> None:
+        response = client.post(
+            "/v1/meetings/start", data=raw, content_type="application/json", headers=account.headers
+        )
+        assert response.status_code == 400
+        assert response.get_json()["code"] == "malformed-json"
+        assert count(db_session, Meeting) == 0
 
     def test_json_array_body_is_400(self, client: FlaskClient, account: Account) -> None:
         response = start(client, account, [{"startWithPersonalUrl": True}])
@@ -182,6 +241,14 @@ class TestWebhooks:
     ) -> None:
         body = start(client, account, {"startWithPersonalUrl": False}).get_json()
         assert "webhooksStatus" not in body
+
+    def test_empty_webhooks_object_gives_an_empty_status(
+        self, client: FlaskClient, account: Account, db_session: Session
+    ) -> None:
+        response = start(client, account, {"startWithPersonalUrl": False, "webhooks": {}})
+        assert response.status_code == 201
+        assert response.get_json()["webhooksStatus"] == {}
+        assert count(db_session, Webhook) == 0
 
     def test_registers_each_event_type(
         self, client: FlaskClient, account: Account, db_session: Session
@@ -253,6 +320,17 @@ class TestWebhooks:
             assert refused["code"] == code
         assert status["meeting.end"]["registered"] is True
         assert [h.event_type for h in db_session.scalars(sa.select(Webhook))] == ["meeting.end"]
+
+    @pytest.mark.parametrize(("length", "registered"), [(2046, True), (2048, False)])
+    def test_custom_data_limit_counts_utf8_bytes(
+        self, client: FlaskClient, account: Account, length: int, registered: bool
+    ) -> None:
+        # '"' + 2046 two-byte characters + '"' is 4094 bytes; 2048 of them is 4098.
+        hook = {"callbackUrl": PUBLIC_HOOK, "customCallbackData": "\u00fc" * length}
+        status = start(
+            client, account, {"startWithPersonalUrl": False, "webhooks": {"meeting.start": hook}}
+        ).get_json()["webhooksStatus"]["meeting.start"]
+        assert status["registered"] is registered
 
     def test_unknown_event_key(self, client: FlaskClient, account: Account) -> None:
         status = start(

@@ -42,3 +42,29 @@ def test_audio_numbers_page_escapes_nothing_it_should_not_show(client: FlaskClie
     page = client.get("/audio/numbers?conferenceId=<script>alert(1)</script>")
     assert page.status_code == 200
     assert b"<script>" not in page.data
+
+
+def test_viewer_link_with_query_parameters_opens_the_page(
+    client: FlaskClient, account: Account
+) -> None:
+    started = client.post(
+        "/v1/meetings/start",
+        json={"startWithPersonalUrl": True, "viewerMode": "headless", "viewerAppDetection": False},
+        headers=account.headers,
+    ).get_json()
+    assert started["viewerLink"].endswith("/alice?viewerMode=headless&viewerAppDetection=false")
+    page = client.get(started["viewerLink"].removeprefix("https://meet.example.test"))
+    assert page.status_code == 200
+    assert started["audioConference"]["organizerCode"].encode() not in page.data
+
+
+def test_conference_numbers_url_of_a_start_opens_the_page(
+    client: FlaskClient, account: Account
+) -> None:
+    audio = client.post(
+        "/v1/meetings/start", json={"startWithPersonalUrl": False}, headers=account.headers
+    ).get_json()["audioConference"]
+    page = client.get(audio["conferenceCallNumbersUrl"].removeprefix("https://meet.example.test"))
+    assert page.status_code == 200
+    assert audio["conferenceId"].encode() in page.data
+    assert audio["organizerCode"].encode() not in page.data

@@ -13,6 +13,7 @@ from tests.conftest import Account, Enqueued
 
 PUBLIC_HOOK = "https://93.184.216.34/hook"
 JSON = {"Accept": "application/json"}
+BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
 
 
 def start_meeting(client: FlaskClient, account: Account, **body: Any) -> dict[str, Any]:
@@ -110,6 +111,71 @@ class TestPresenterLink:
         assert response.status_code == 410
         assert response.get_json()["code"] == "presenter-link-unknown"
 
+    @pytest.mark.parametrize("state", ["used", "expired", "unknown"])
+    def test_unusable_link_says_which_as_json_or_html(
+        self, client: FlaskClient, account: Account, db_session: Session, state: str
+    ) -> None:
+        link = path_of(start_meeting(client, account)["presenterLink"])
+        if state == "used":
+            assert client.post(link, headers=JSON).status_code == 200
+        elif state == "expired":
+            db_session.execute(
+                sa.update(PresenterLink).values(
+                    expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+                )
+            )
+            db_session.commit()
+        else:
+            link = "/presenter/" + "x" * 43
+        for method in ("get", "post"):
+            as_json = getattr(client, method)(link, headers=JSON)
+            assert as_json.status_code == 410, method
+            assert as_json.mimetype == "application/json"
+            assert as_json.get_json()["code"] == f"presenter-link-{state}"
+            assert state in as_json.get_json()["Message"]
+            as_page = getattr(client, method)(link, headers={"Accept": BROWSER_ACCEPT})
+            assert as_page.status_code == 410, method
+            assert as_page.mimetype == "text/html"
+            assert state.encode() in as_page.data
+        started = 1 if state == "used" else 0
+        assert db_session.scalar(sa.select(sa.func.count()).select_from(Event)) == started
+
+    def test_get_asking_for_json_still_consumes_nothing(
+        self, client: FlaskClient, account: Account, db_session: Session
+    ) -> None:
+        link = path_of(start_meeting(client, account)["presenterLink"])
+        page = client.get(link, headers=JSON)
+        assert page.status_code == 200
+        assert db_session.scalar(sa.select(PresenterLink.used_at)) is None
+        assert client.post(link, headers=JSON).status_code == 200
+
+    @pytest.mark.parametrize(
+        ("kwargs", "mimetype"),
+        [
+            ({"json": {}}, "application/json"),
+            ({"json": {}, "headers": {"Accept": "*/*"}}, "application/json"),
+            ({"headers": {"Accept": "*/*"}}, "text/html"),
+            ({"headers": {"Accept": BROWSER_ACCEPT}}, "text/html"),
+            ({"json": {}, "headers": {"Accept": "text/html"}}, "text/html"),
+            ({"headers": {"Accept": "application/json;q=0.9, text/html;q=0.5"}},
+             "application/json"),
+            ({"headers": {"Accept": "application/json, text/plain, */*"}}, "application/json"),
+            ({"headers": {"Accept": "application/json, text/html"}}, "text/html"),
+            ({"json": {}, "headers": {"Accept": "application/json, text/html"}},
+             "application/json"),
+        ],
+    )  # fmt: skip
+    def test_post_answers_json_when_asked(
+        self, client: FlaskClient, account: Account, kwargs: dict[str, Any], mimetype: str
+    ) -> None:
+        started = start_meeting(client, account)
+        response = client.post(path_of(started["presenterLink"]), **kwargs)
+        assert response.status_code == 200
+        assert response.mimetype == mimetype
+        if mimetype == "application/json":
+            assert response.get_json()["meetingId"] == started["meetingId"]
+            assert response.headers["Cache-Control"] == "no-store"
+
     def test_start_queues_the_registered_callback(
         self, client: FlaskClient, account: Account, enqueued: Enqueued, db_session: Session
     ) -> None:
@@ -172,7 +238,16 @@ class TestEnd:
         assert response.status_code == 410
         assert response.get_json()["code"] == "meeting-ended"
 
-    @pytest.mark.parametrize("path", ["/v1/meetings/999/end", "/v1/meetings/abc/end"])
+    @pytest.mark.parametrize(
+        "path",
+        [
+            "/v1/meetings/999/end",
+            "/v1/meetings/abc/end",
+            "/v1/meetings/0/end",
+            "/v1/meetings/2147483648/end",
+            "/v1/meetings/99999999999999999999/end",
+        ],
+    )
     def test_unknown_meeting_is_404(self, client: FlaskClient, account: Account, path: str) -> None:
         response = client.post(path, headers=account.headers)
         assert response.status_code == 404

@@ -60,11 +60,15 @@ class TestCreate:
         [
             ({"meetingStart": "2030-01-01T10:00:00"}, {"meetingStart"}),
             ({"meetingStart": "tomorrow"}, {"meetingStart"}),
-            ({"meetingEnd": iso(NOW)}, {"body"}),
+            ({"meetingEnd": iso(NOW)}, {"meetingEnd"}),
             ({"meetingName": ""}, {"meetingName"}),
             ({"meetingName": None}, {"meetingName"}),
             ({"participants": ["not-an-email"]}, {"participants.0"}),
             ({"participants": "bob@example.com"}, {"participants"}),
+            ({"participants": ["bob\u0000@example.com"]}, {"participants.0"}),
+            ({"participants": ["b" * 250 + "@example.com"]}, {"participants.0"}),
+            ({"meetingName": "Weekly\u0000sync"}, {"meetingName"}),
+            ({"meetingName": "x" * 201}, {"meetingName"}),
             ({"startWithPersonalUrl": "nope"}, {"startWithPersonalUrl"}),
         ],
     )
@@ -100,9 +104,44 @@ class TestReadListChangeDelete:
         ).get_json()
         assert [m["meetingId"] for m in limited] == [soon["meetingId"]]
 
-    def test_bad_end_date_is_400(self, client: FlaskClient, account: Account) -> None:
+    def test_end_date_offset_sent_unencoded_is_understood(
+        self, client: FlaskClient, account: Account
+    ) -> None:
+        soon = schedule(client, account, hours_ahead=1).get_json()
+        schedule(client, account, hours_ahead=48)
+        # "+02:00" typed into a URL arrives as " 02:00": a "+" in a query string is a space.
+        end_date = (NOW + dt.timedelta(hours=26)).astimezone(dt.timezone(dt.timedelta(hours=2)))
+        raw = end_date.replace(tzinfo=None).isoformat() + "+02:00"
+        response = client.get(f"/v1/meetings?endDate={raw}", headers=account.headers)
+        assert response.status_code == 200
+        assert [m["meetingId"] for m in response.get_json()] == [soon["meetingId"]]
+
+    def test_list_leaves_out_ad_hoc_ended_and_deleted_meetings(
+        self, client: FlaskClient, account: Account
+    ) -> None:
+        client.post(
+            "/v1/meetings/start", json={"startWithPersonalUrl": False}, headers=account.headers
+        )
+        kept = schedule(client, account).get_json()
+        deleted = schedule(client, account).get_json()
+        client.delete(f"/v1/meetings/{deleted['meetingId']}", headers=account.headers)
+        ended = schedule(client, account).get_json()
+        link = client.post(f"/v1/meetings/{ended['meetingId']}/start", headers=account.headers)
+        client.post(
+            link.get_json()["presenterLink"].removeprefix("https://meet.example.test"),
+            headers={"Accept": "application/json"},
+        )
+        client.post(f"/v1/meetings/{ended['meetingId']}/end", headers=account.headers)
+        listed = client.get("/v1/meetings", headers=account.headers)
+        assert listed.status_code == 200
+        assert [m["meetingId"] for m in listed.get_json()] == [kept["meetingId"]]
+
+    @pytest.mark.parametrize("end_date", ["2030-01-01", "2030-01-01T10:00:00", "soon"])
+    def test_bad_end_date_is_400(
+        self, client: FlaskClient, account: Account, end_date: str
+    ) -> None:
         response = client.get(
-            "/v1/meetings", query_string={"endDate": "2030-01-01"}, headers=account.headers
+            "/v1/meetings", query_string={"endDate": end_date}, headers=account.headers
         )
         assert response.status_code == 400
         assert response.get_json()["errors"][0]["field"] == "endDate"
@@ -130,6 +169,52 @@ class TestReadListChangeDelete:
         assert response.status_code == 400
         unchanged = client.get(f"/v1/meetings/{meeting['meetingId']}", headers=account.headers)
         assert unchanged.get_json()["meetingEnd"] == meeting["meetingEnd"]
+
+    @pytest.mark.parametrize(
+        ("body", "field"),
+        [
+            ({"meetingStart": "2030-01-01T10:00:00"}, "meetingStart"),
+            ({"meetingName": ""}, "meetingName"),
+            ({"participants": ["nope"]}, "participants.0"),
+            ({"startWithPersonalUrl": "yes"}, "startWithPersonalUrl"),
+        ],
+    )
+    def test_patch_bad_field_is_400_and_changes_nothing(
+        self, client: FlaskClient, account: Account, body: dict[str, Any], field: str
+    ) -> None:
+        meeting = schedule(client, account).get_json()
+        url = f"/v1/meetings/{meeting['meetingId']}"
+        response = client.patch(url, json={**body, "meetingName": body.get("meetingName", "X")},
+                                headers=account.headers)  # fmt: skip
+        assert response.status_code == 400
+        assert field in {e["field"] for e in response.get_json()["errors"]}
+        assert client.get(url, headers=account.headers).get_json() == meeting
+
+    def test_patch_returns_times_in_utc(self, client: FlaskClient, account: Account) -> None:
+        meeting = schedule(client, account).get_json()
+        response = client.patch(
+            f"/v1/meetings/{meeting['meetingId']}",
+            json={"meetingStart": "2030-06-01T12:00:00-04:00",
+                  "meetingEnd": "2030-06-01T13:30:00-04:00"},
+            headers=account.headers,
+        )  # fmt: skip
+        assert response.status_code == 200
+        assert response.get_json()["meetingStart"] == "2030-06-01T16:00:00Z"
+        assert response.get_json()["meetingEnd"] == "2030-06-01T17:30:00Z"
+
+    @pytest.mark.parametrize("meeting_id", ["0", "2147483648", "99999999999999999999"])
+    @pytest.mark.parametrize(
+        ("method", "suffix"),
+        [("get", ""), ("patch", ""), ("delete", ""), ("post", "/start")],
+    )
+    def test_ids_that_name_no_row_are_404(
+        self, client: FlaskClient, account: Account, meeting_id: str, method: str, suffix: str
+    ) -> None:
+        response = getattr(client, method)(
+            f"/v1/meetings/{meeting_id}{suffix}", json={}, headers=account.headers
+        )
+        assert response.status_code == 404
+        assert response.get_json()["code"] == "meeting-not-found"
 
     def test_delete_then_404(self, client: FlaskClient, account: Account) -> None:
         meeting = schedule(client, account).get_json()
@@ -187,6 +272,62 @@ class TestStartScheduled:
             second["webhooksStatus"]["meeting.start"]["webhookId"]
             != (first["webhooksStatus"]["meeting.start"]["webhookId"])
         )
+
+    def test_restart_while_running_issues_a_working_link_and_keeps_other_webhooks(
+        self, client: FlaskClient, account: Account, db_session: Session
+    ) -> None:
+        started = client.post(
+            "/v1/meetings/start",
+            json={"startWithPersonalUrl": False,
+                  "webhooks": {"meeting.start": {"callbackUrl": "https://93.184.216.34/a"},
+                               "meeting.end": {"callbackUrl": "https://93.184.216.34/end"}}},
+            headers=account.headers,
+        ).get_json()  # fmt: skip
+        meeting_id = started["meetingId"]
+        used = client.post(
+            started["presenterLink"].removeprefix("https://meet.example.test"),
+            headers={"Accept": "application/json"},
+        )
+        assert used.get_json()["status"] == "started"
+        restart = client.post(
+            f"/v1/meetings/{meeting_id}/start",
+            json={"webhooks": {"meeting.end": {"callbackUrl": "https://93.184.216.34/end2"}}},
+            headers=account.headers,
+        )
+        assert restart.status_code == 200
+        body = restart.get_json()
+        assert body["presenterLink"] != started["presenterLink"]
+        assert body["audioConference"] == started["audioConference"]
+        assert set(body["webhooksStatus"]) == {"meeting.end"}
+        hooks = {h.event_type: h.callback_url for h in db_session.scalars(sa.select(Webhook))}
+        assert hooks == {
+            "meeting.start": "https://93.184.216.34/a",
+            "meeting.end": "https://93.184.216.34/end2",
+        }
+        again = client.post(
+            body["presenterLink"].removeprefix("https://meet.example.test"),
+            headers={"Accept": "application/json"},
+        )
+        assert again.status_code == 200
+        assert again.get_json()["startedAt"] == used.get_json()["startedAt"]
+
+    @pytest.mark.parametrize(
+        "kwargs",
+        [
+            {"data": {}, "content_type": "application/x-www-form-urlencoded"},
+            {"data": {"viewerMode": "headless"}},
+        ],
+        ids=["empty-form", "form"],
+    )
+    def test_form_encoded_scheduled_start(
+        self, client: FlaskClient, account: Account, kwargs: dict[str, Any]
+    ) -> None:
+        meeting = schedule(client, account).get_json()
+        response = client.post(
+            f"/v1/meetings/{meeting['meetingId']}/start", headers=account.headers, **kwargs
+        )
+        assert response.status_code == 200
+        assert response.get_json()["meetingId"] == meeting["meetingId"]
 
     def test_viewer_options_on_scheduled_start(self, client: FlaskClient, account: Account) -> None:
         meeting = schedule(client, account, startWithPersonalUrl=True).get_json()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -231,7 +232,8 @@ class TestListDeliveries:
             ("limit=x", "limit"),
             ("meetingId=0", "meetingId"),
             ("meetingId=-3", "meetingId"),
-            ("status=", "status"),
+            ("status=PENDING", "status"),
+            ("status=in-progress", "status"),
         ],
     )
     def test_bad_single_parameter(
@@ -241,7 +243,35 @@ class TestListDeliveries:
         assert response.status_code == 400
         assert [e["field"] for e in response.get_json()["errors"]] == [field]
 
-    @pytest.mark.parametrize("cursor", ["garbage", "eyJiZWZvcmUiOjB9", "%00"])
+    def test_empty_parameters_mean_no_filter(
+        self, client: FlaskClient, account: Account, session_factory: sessionmaker[Session]
+    ) -> None:
+        start_meeting(client, account)
+        response = client.get(
+            "/v1/webhooks/deliveries?meetingId=&status=&limit=&cursor=", headers=account.headers
+        )
+        assert response.status_code == 200
+        assert [d["id"] for d in response.get_json()["deliveries"]] == delivery_ids(session_factory)
+
+    @pytest.mark.parametrize("limit", ["1", "100"])
+    def test_limit_bounds_are_accepted(
+        self, limit: str, client: FlaskClient, account: Account
+    ) -> None:
+        response = client.get(f"/v1/webhooks/deliveries?limit={limit}", headers=account.headers)
+        assert response.status_code == 200
+
+    @pytest.mark.parametrize(
+        "cursor",
+        [
+            "garbage",
+            "eyJiZWZvcmUiOjB9",  # {"before":0}
+            "%00",
+            "eyJiZWZvcmUiOjk5OTk5OTk5OTk5OTk5OTk5OTk5OTk5OX0",  # {"before":999...}
+            "eyJiZWZvcmUiOjIxNDc0ODM2NDh9",  # {"before":2147483648}
+            "eyJiZWZvcmUiOnRydWV9",  # {"before":true}
+            "a" * 300,
+        ],
+    )
     def test_bad_cursor(self, cursor: str, client: FlaskClient, account: Account) -> None:
         response = client.get(f"/v1/webhooks/deliveries?cursor={cursor}", headers=account.headers)
         assert response.status_code == 400
@@ -281,10 +311,26 @@ class TestTenantIsolation:
             "/v1/webhooks/deliveries?meetingId=999999",
             "/v1/webhooks/deliveries/999999",
             "/v1/webhooks/deliveries/abc",
+            # Beyond the 32-bit id columns: no row, and no database error either.
+            "/v1/webhooks/deliveries?meetingId=2147483648",
+            "/v1/webhooks/deliveries?meetingId=99999999999999999999",
+            "/v1/webhooks/deliveries/2147483648",
+            "/v1/webhooks/deliveries/99999999999999999999",
         ):
             response = client.get(path, headers=account.headers)
-            assert response.status_code == 404
+            assert response.status_code == 404, path
             assert response.get_json()["code"]
+
+    @pytest.mark.parametrize("delivery_id", ["2147483648", "99999999999999999999"])
+    def test_redeliver_of_an_id_beyond_any_row_is_404(
+        self, delivery_id: str, client: FlaskClient, account: Account, enqueued: Enqueued
+    ) -> None:
+        response = client.post(
+            f"/v1/webhooks/deliveries/{delivery_id}/redeliver", headers=account.headers
+        )
+        assert response.status_code == 404
+        assert response.get_json()["code"] == "delivery-not-found"
+        assert enqueued.calls == []
 
 
 class TestRedeliver:
@@ -476,3 +522,231 @@ class TestSigningSecret:
             "/v1/webhooks/signing-secret/rotate", json={"anything": 1}, headers=account.headers
         )
         assert response.status_code == 200
+
+
+CALLBACK_KEYS = {"id", "type", "timestamp", "meetingId", "customCallbackData", "data"}
+DATA_KEYS = {
+    "meetingId",
+    "conferenceId",
+    "meetingName",
+    "startedAt",
+    "endedAt",
+    "durationSeconds",
+    "sequence",
+}
+START_HOOK = "https://93.184.216.34/start"
+END_HOOK = "https://93.184.216.34/end"
+
+
+def run_and_end(
+    client: FlaskClient,
+    account: Account,
+    attempt: Callable[[int], deliveries.Recorded | None],
+    session_factory: sessionmaker[Session],
+    webhooks: dict[str, Any],
+) -> dict[str, Any]:
+    """Start a meeting with these webhooks, use its link, end it, attempt every delivery."""
+    response = client.post(
+        "/v1/meetings/start",
+        json={"startWithPersonalUrl": False, "webhooks": webhooks},
+        headers=account.headers,
+    )
+    assert response.status_code == 201
+    started: dict[str, Any] = response.get_json()
+    link = started["presenterLink"].removeprefix("https://meet.example.test")
+    assert client.post(link, headers=JSON).status_code == 200
+    ended = client.post(f"/v1/meetings/{started['meetingId']}/end", headers=account.headers)
+    assert ended.status_code == 200
+    for delivery_id in delivery_ids(session_factory):
+        attempt(delivery_id)
+    return started
+
+
+class TestCallbackBody:
+    def test_body_matches_the_spec_example_key_for_key(
+        self,
+        client: FlaskClient,
+        account: Account,
+        requests_mock: rm.Mocker,
+        attempt: Callable[[int], deliveries.Recorded | None],
+        session_factory: sessionmaker[Session],
+    ) -> None:
+        requests_mock.post(START_HOOK, status_code=204)
+        requests_mock.post(END_HOOK, status_code=204)
+        started = run_and_end(
+            client,
+            account,
+            attempt,
+            session_factory,
+            {
+                "meeting.start": {"callbackUrl": START_HOOK, "customCallbackData": {"foo": 123}},
+                "meeting.end": {"callbackUrl": END_HOOK, "customCallbackData": {"foo": 123}},
+            },
+        )
+        meeting_id = started["meetingId"]
+        conference = started["audioConference"]
+        meeting = client.get(f"/v1/meetings/{meeting_id}", headers=account.headers).get_json()
+        secret = client.get("/v1/webhooks/signing-secret", headers=account.headers).get_json()
+        start_request, end_request = requests_mock.request_history
+        assert (start_request.url, end_request.url) == (START_HOOK, END_HOOK)
+        bodies = []
+        for sent in (start_request, end_request):
+            verified = StandardWebhook(secret["signingSecret"]).verify(
+                sent.body, dict(sent.headers)
+            )
+            body = json.loads(sent.body)
+            assert verified == body
+            assert set(body) == CALLBACK_KEYS
+            assert set(body["data"]) == DATA_KEYS
+            assert body["id"].startswith("evt_")
+            assert body["timestamp"].endswith("Z")
+            assert body["meetingId"] == meeting_id
+            assert type(body["meetingId"]) is int
+            assert body["customCallbackData"] == {"foo": 123}
+            data = body["data"]
+            assert data["meetingId"] == meeting_id
+            assert data["conferenceId"] == conference["conferenceId"]
+            assert isinstance(data["conferenceId"], str)
+            assert data["meetingName"] is None
+            assert type(data["sequence"]) is int
+            # The organizer code is for the audio bridge only, never for a callback.
+            assert "organizerCode" not in sent.text
+            assert conference["organizerCode"] not in {
+                str(v) for v in [*body.values(), *data.values()]
+            }
+            # unix seconds, within a few seconds of now
+            assert sent.headers["webhook-timestamp"].isdigit()
+            assert abs(int(sent.headers["webhook-timestamp"]) - utcnow().timestamp()) < 30
+            bodies.append(body)
+        start, end = bodies
+        assert (start["type"], end["type"]) == ("meeting.start", "meeting.end")
+        assert start["data"]["startedAt"] == meeting["startedAt"] == start["timestamp"]
+        assert start["data"]["endedAt"] is None
+        assert start["data"]["durationSeconds"] is None
+        assert start["data"]["sequence"] == 1
+        assert end["timestamp"] == meeting["endedAt"] == end["data"]["endedAt"]
+        assert end["data"]["startedAt"] == meeting["startedAt"]
+        assert end["data"]["durationSeconds"] == meeting["durationSeconds"]
+        assert type(end["data"]["durationSeconds"]) is int
+        assert end["data"]["sequence"] == 2
+        assert start["id"] != end["id"]
+        listed = client.get("/v1/webhooks/deliveries", headers=account.headers).get_json()
+        assert [d["eventId"] for d in listed["deliveries"]] == [end["id"], start["id"]]
+        assert [d["webhookId"] for d in listed["deliveries"]] == [
+            end_request.headers["webhook-id"],
+            start_request.headers["webhook-id"],
+        ]
+
+    @pytest.mark.parametrize(
+        "custom",
+        [{"foo": 123}, [1, "two", None], "text", 42, 1.5, True, False, 0, "", [], {}, None],
+    )
+    def test_custom_callback_data_is_echoed_as_registered(
+        self,
+        custom: Any,
+        client: FlaskClient,
+        account: Account,
+        requests_mock: rm.Mocker,
+        attempt: Callable[[int], deliveries.Recorded | None],
+        session_factory: sessionmaker[Session],
+    ) -> None:
+        requests_mock.post(START_HOOK, status_code=204)
+        run_and_end(
+            client,
+            account,
+            attempt,
+            session_factory,
+            {"meeting.start": {"callbackUrl": START_HOOK, "customCallbackData": custom}},
+        )
+        body = requests_mock.last_request.json()
+        assert "customCallbackData" in body
+        assert body["customCallbackData"] == custom
+        assert type(body["customCallbackData"]) is type(custom)
+
+    def test_without_custom_callback_data_the_key_is_null(
+        self,
+        client: FlaskClient,
+        account: Account,
+        requests_mock: rm.Mocker,
+        attempt: Callable[[int], deliveries.Recorded | None],
+        session_factory: sessionmaker[Session],
+    ) -> None:
+        requests_mock.post(START_HOOK, status_code=204)
+        run_and_end(
+            client,
+            account,
+            attempt,
+            session_factory,
+            {"meeting.start": {"callbackUrl": START_HOOK}},
+        )
+        body = requests_mock.last_request.json()
+        assert set(body) == CALLBACK_KEYS
+        assert body["customCallbackData"] is None
+
+    def test_webhook_id_is_stable_across_retries_and_redeliveries_and_both_secrets_verify(
+        self,
+        client: FlaskClient,
+        account: Account,
+        requests_mock: rm.Mocker,
+        attempt: Callable[[int], deliveries.Recorded | None],
+        session_factory: sessionmaker[Session],
+    ) -> None:
+        old = client.get("/v1/webhooks/signing-secret", headers=account.headers).get_json()
+        requests_mock.post(HOOK, [{"status_code": 500}, {"status_code": 200}, {"status_code": 200}])
+        start_meeting(client, account)
+        (delivery_id,) = delivery_ids(session_factory)
+        attempt(delivery_id)  # 500: a retry is scheduled
+        new = client.post("/v1/webhooks/signing-secret/rotate", headers=account.headers)
+        with session_factory.begin() as session:
+            session.execute(sa.update(Delivery).values(next_attempt_at=utcnow()))
+        attempt(delivery_id)  # 200
+        response = client.post(
+            f"/v1/webhooks/deliveries/{delivery_id}/redeliver", headers=account.headers
+        )
+        assert response.status_code == 202
+        attempt(delivery_id)  # sent again at once
+        first, retry, redelivered = requests_mock.request_history
+        ids = {r.headers["webhook-id"] for r in (first, retry, redelivered)}
+        assert ids == {response.get_json()["webhookId"]}
+        assert first.body == retry.body == redelivered.body
+        assert len(first.headers["webhook-signature"].split(" ")) == 1
+        for sent in (retry, redelivered):
+            assert len(sent.headers["webhook-signature"].split(" ")) == 2
+            for secret in (old["signingSecret"], new.get_json()["signingSecret"]):
+                StandardWebhook(secret).verify(sent.body, dict(sent.headers))
+        shown = client.get(f"/v1/webhooks/deliveries/{delivery_id}", headers=account.headers)
+        assert [a["statusCode"] for a in shown.get_json()["attempts"]] == [500, 200, 200]
+        assert shown.get_json()["status"] == "succeeded"
+
+
+class TestRedeliverAfterDeadWorkers:
+    def test_a_pending_delivery_with_no_attempt_left_gets_a_new_round(
+        self,
+        client: FlaskClient,
+        account: Account,
+        requests_mock: rm.Mocker,
+        attempt: Callable[[int], deliveries.Recorded | None],
+        settings: Settings,
+        session_factory: sessionmaker[Session],
+    ) -> None:
+        start_meeting(client, account)
+        (delivery_id,) = delivery_ids(session_factory)
+        with session_factory.begin() as session:
+            # Its last allowed attempt was claimed and its worker died (lease long gone).
+            session.execute(
+                sa.update(Delivery).values(
+                    attempt_count=len(settings.retry_schedule) + 1,
+                    locked_until=utcnow() - dt.timedelta(minutes=1),
+                    next_attempt_at=utcnow() - dt.timedelta(minutes=2),
+                )
+            )
+        response = client.post(
+            f"/v1/webhooks/deliveries/{delivery_id}/redeliver", headers=account.headers
+        )
+        assert response.status_code == 202
+        requests_mock.post(HOOK, status_code=200)
+        recorded = attempt(delivery_id)
+        assert recorded is not None
+        assert recorded.status == "succeeded"
+        assert requests_mock.call_count == 1
+        assert load(session_factory, delivery_id).attempt_count == 1

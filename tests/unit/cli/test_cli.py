@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -96,3 +97,98 @@ def test_other_commands_refuse_unknown_options(embedded: Path) -> None:
     with pytest.raises(SystemExit) as exited:
         main(["db", "upgrade", "--bogus"])
     assert exited.value.code == 2
+
+
+def _revoked_at(embedded: Path, token: str) -> object:
+    engine = sa.create_engine(f"sqlite:///{embedded}")
+    with engine.connect() as conn:
+        revoked = conn.execute(
+            sa.select(AccessToken.revoked_at).where(AccessToken.token_hash == hash_token(token))
+        ).scalar_one()
+    engine.dispose()
+    return revoked
+
+
+def test_users_create_without_json_prints_token_and_secret(
+    embedded: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["users", "create", "--email", "a@example.com", "--name", "A"]) == 0
+    out = capsys.readouterr().out
+    assert "access token" in out
+    assert "whsec_" in out
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--scope", "user_info,scheduler"],
+        ["--scopes", "user_info", "--scope", "scheduler"],
+        ["--scope", "user_info", "--scope", "scheduler", "--scope", "user_info"],
+    ],
+)
+def test_tokens_create_scopes_by_comma_or_repetition(
+    embedded: Path, capsys: pytest.CaptureFixture[str], options: list[str]
+) -> None:
+    _run_json(capsys, "users", "create", "--email", "a@example.com", "--name", "A", "--json")
+    out = _run_json(capsys, "tokens", "create", "--email", "a@example.com", *options, "--json")
+    assert out["scopes"] == ["user_info", "scheduler"]
+
+
+def test_tokens_create_unknown_scope_or_user_fails_clearly(
+    embedded: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _run_json(capsys, "users", "create", "--email", "a@example.com", "--name", "A", "--json")
+    argv = ["tokens", "create", "--email", "a@example.com", "--scope", "admin"]
+    assert main(argv) == 1
+    assert "unknown scope admin" in capsys.readouterr().err
+    assert main(["tokens", "create", "--email", "nobody@example.com"]) == 1
+    assert "no user" in capsys.readouterr().err
+
+
+def test_tokens_revoke_by_option_stdin_and_json(
+    embedded: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    created = _run_json(
+        capsys, "users", "create", "--email", "a@example.com", "--name", "A", "--json"
+    )
+    first = str(
+        _run_json(capsys, "tokens", "create", "--email", "a@example.com", "--json")["accessToken"]
+    )
+    out = _run_json(capsys, "tokens", "revoke", "--token", first, "--json")
+    assert out == {"userId": created["userId"], "revoked": True}
+    assert _revoked_at(embedded, first) is not None
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{created['accessToken']}\n"))
+    assert main(["tokens", "revoke", "-"]) == 0
+    assert "revoked" in capsys.readouterr().out
+    assert _revoked_at(embedded, str(created["accessToken"])) is not None
+
+    assert main(["tokens", "revoke", "never-issued"]) == 1
+    assert "no such token" in capsys.readouterr().err
+    assert main(["tokens", "revoke"]) == 1
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["users", "create", "--email", "a@example.com", "--name", "A\x00B"],
+        ["users", "create", "--email", "a@example.com", "--name", "  "],
+        ["users", "create", "--email", "a@example.com", "--name", "x" * 201],
+        ["users", "create", "--email", "a" * 250 + "@example.com", "--name", "A"],
+        ["users", "create", "--email", "a@example.com", "--name", "A", "--personal-url", "v1"],
+    ],
+    ids=["nul-name", "blank-name", "long-name", "long-email", "reserved-url"],
+)
+def test_users_create_refuses_bad_fields_with_exit_1(
+    embedded: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    assert main(argv) == 1
+    assert capsys.readouterr().err.startswith("meetinghooks: ")
+
+
+def test_tokens_create_refuses_an_oversized_label(
+    embedded: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _run_json(capsys, "users", "create", "--email", "a@example.com", "--name", "A", "--json")
+    assert main(["tokens", "create", "--email", "a@example.com", "--label", "x" * 101]) == 1
+    assert "label" in capsys.readouterr().err

@@ -5,6 +5,7 @@ import ipaddress
 import json
 import random
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +19,7 @@ from standardwebhooks import Webhook as StandardWebhook
 from core import signing, ssrf
 from core.config import Settings
 from core.db import utcnow
-from core.errors import Conflict, NotFound, ValidationFailed
+from core.errors import ConfigError, Conflict, NotFound, ValidationFailed
 from core.models import Delivery, DeliveryAttempt, Event, Meeting, User, Webhook
 from core.services import accounts, deliveries
 from tests.conftest import Account
@@ -890,3 +891,128 @@ class TestLog:
             }
         ]
         assert json.dumps(shown)  # JSON-ready
+
+
+class TestTimeoutBudget:
+    def test_timeouts_come_from_callback_timeout_seconds(
+        self,
+        requests_mock: rm.Mocker,
+        session_factory: sessionmaker[Session],
+        settings: Settings,
+        http: requests.Session,
+        delivery_id: int,
+    ) -> None:
+        requests_mock.post(HOOK, status_code=204)
+        env = {"DATABASE_URL": "sqlite://", "BROKER_URL": "memory://"}
+        assert Settings.from_env(env).callback_timeout_seconds == 15
+        configured = Settings.from_env({**env, "CALLBACK_TIMEOUT_SECONDS": "3.5"})
+        tight = settings.model_copy(
+            update={"callback_timeout_seconds": configured.callback_timeout_seconds}
+        )
+        run_delivery(session_factory, delivery_id, settings=tight, http=http)
+        # (connect, read): each step of the attempt is bounded by the setting
+        assert requests_mock.last_request.timeout == (3.5, 3.5)
+
+    def test_a_2xx_that_comes_after_the_timeout_is_a_failure(
+        self,
+        requests_mock: rm.Mocker,
+        session_factory: sessionmaker[Session],
+        settings: Settings,
+        http: requests.Session,
+        delivery_id: int,
+    ) -> None:
+        def slow(request: Any, context: Any) -> str:
+            time.sleep(0.3)
+            return "finally"
+
+        requests_mock.post(HOOK, status_code=200, text=slow)
+        tight = settings.model_copy(update={"callback_timeout_seconds": 0.1})
+        recorded = run_delivery(session_factory, delivery_id, settings=tight, http=http)
+        assert recorded is not None
+        assert recorded.status == "pending"
+        (logged,) = attempts(session_factory, delivery_id)
+        assert (logged.status_code, logged.error) == (200, "timeout")
+        assert logged.latency_ms is not None
+        assert logged.latency_ms >= 100
+
+    def test_outcome_succeeds_only_for_a_2xx_without_an_error(self) -> None:
+        assert deliveries.Outcome(status_code=204, latency_ms=1, error=None).succeeded
+        assert not deliveries.Outcome(status_code=200, latency_ms=9, error="timeout").succeeded
+        assert not deliveries.Outcome(status_code=302, latency_ms=1, error="redirect").succeeded
+        assert not deliveries.Outcome(status_code=None, latency_ms=1, error="timeout").succeeded
+
+
+class TestHostileRetryAfter:
+    @pytest.mark.parametrize(
+        "value", ["9" * 5000, "99999999999999999999", "\u00b2", "\u0663", "1e9", "  "]
+    )
+    def test_parse_never_raises(self, value: str) -> None:
+        now = dt.datetime(2026, 11, 24, 10, 0, tzinfo=dt.UTC)
+        parsed = deliveries.parse_retry_after(value, now=now)
+        assert parsed is None or dt.timedelta(0) <= parsed <= deliveries.MAX_RETRY_AFTER
+
+    @pytest.mark.parametrize("value", ["9" * 5000, "99999999999999999999", "\u00b2"])
+    def test_an_absurd_retry_after_is_recorded_and_capped(
+        self,
+        value: str,
+        requests_mock: rm.Mocker,
+        attempt: Callable[..., deliveries.Recorded | None],
+        session_factory: sessionmaker[Session],
+        delivery_id: int,
+    ) -> None:
+        requests_mock.post(HOOK, status_code=503, headers={"Retry-After": value})
+        recorded = attempt(delivery_id)
+        assert recorded is not None
+        assert recorded.status == "pending"
+        next_at = load(session_factory, delivery_id).next_attempt_at
+        assert next_at is not None
+        assert next_at <= utcnow() + deliveries.MAX_RETRY_AFTER
+        (logged,) = attempts(session_factory, delivery_id)
+        assert logged.error == "http-503"
+
+
+class TestFractionalSchedule:
+    def test_fractional_waits_are_honoured(self) -> None:
+        class Middle(random.Random):
+            def uniform(self, a: float, b: float) -> float:
+                return (a + b) / 2
+
+        assert deliveries.retry_delay((0.5, 1.5), 1, rng=Middle()) == dt.timedelta(seconds=0.5)
+        assert deliveries.retry_delay((0.5, 1.5), 2, rng=Middle()) == dt.timedelta(seconds=1.5)
+        assert deliveries.retry_delay((0.5, 1.5), 3, rng=Middle()) is None
+
+    def test_schedule_from_the_environment(self) -> None:
+        env = {"DATABASE_URL": "sqlite://", "BROKER_URL": "memory://"}
+        settings = Settings.from_env({**env, "RETRY_SCHEDULE": "0.5, 2,10"})
+        assert settings.retry_schedule == (0.5, 2, 10)
+        default = Settings.from_env(env).retry_schedule
+        assert default == (5, 300, 1800, 7200, 18000, 36000, 36000)
+
+    @pytest.mark.parametrize("value", ["inf", "nan", "-1", "5,soon", " , ", "99999999999999"])
+    def test_unusable_schedule_stops_the_service(self, value: str) -> None:
+        env = {"DATABASE_URL": "sqlite://", "BROKER_URL": "memory://", "RETRY_SCHEDULE": value}
+        with pytest.raises(ConfigError, match="RETRY_SCHEDULE"):
+            Settings.from_env(env)
+
+
+class TestGoneAfterReRegistration:
+    def test_410_from_an_old_url_does_not_disable_the_new_registration(
+        self,
+        requests_mock: rm.Mocker,
+        attempt: Callable[..., deliveries.Recorded | None],
+        session_factory: sessionmaker[Session],
+        delivery_id: int,
+    ) -> None:
+        new_url = "https://hooks.example.com/v2"
+        with session_factory.begin() as session:
+            delivery = session.get(Delivery, delivery_id)
+            assert delivery is not None
+            webhook = session.get(Webhook, delivery.webhook_id)
+            assert webhook is not None
+            webhook.callback_url = new_url  # registered again since the delivery was made
+        requests_mock.post(HOOK, status_code=410)
+        recorded = attempt(delivery_id)
+        assert recorded == deliveries.Recorded(status="failed", webhook_disabled=False)
+        assert load(session_factory, delivery_id).status == "failed"
+        with session_factory() as session:
+            assert session.scalars(sa.select(Webhook)).one().disabled_at is None

@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import requests
 
 from core import ssrf
+from core.config import Settings
 from tests.callback_receiver import TLS_CA, CallbackReceiver
 
 ip = ipaddress.ip_address
@@ -415,3 +417,80 @@ class TestGuardedAdapter:
                 tls_receiver.url(host="other.test"), data=b"{}", timeout=5, verify=str(TLS_CA)
             )
         assert tls_receiver.received == []
+
+
+class TestAllowListSetting:
+    """CALLBACK_ALLOWED_NETWORKS, as the service reads it, drives the registration check."""
+
+    @staticmethod
+    def allowed(
+        environ: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> tuple[ssrf.IPNetwork, ...]:
+        monkeypatch.chdir(tmp_path)  # the embedded mode makes ./var
+        return Settings.from_env(environ).callback_allowed_networks
+
+    @staticmethod
+    def verdict(url: str, allowed: tuple[ssrf.IPNetwork, ...]) -> str:
+        try:
+            ssrf.check_callback_url(url, allowed)
+        except ssrf.CallbackUrlRefused as refused:
+            return refused.code
+        return "ok"
+
+    def test_embedded_default_admits_loopback_only(
+        self,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        resolver: Callable[..., list[str]],
+    ) -> None:
+        resolver("localhost", ["127.0.0.1", "::1"])
+        allowed = self.allowed({}, tmp_path, monkeypatch)
+        for url in (
+            "http://127.0.0.1:9000/hook",
+            "http://[::1]:9000/hook",
+            "http://localhost:9000/hook",
+            "http://[::ffff:127.0.0.1]/hook",
+        ):
+            assert self.verdict(url, allowed) == "ok", url
+        for url in (
+            "http://10.0.0.1/",
+            "http://169.254.169.254/latest/meta-data",
+            "http://[fd00::1]/",
+            "http://[fe80::1]/",
+            "http://100.64.0.1/",
+        ):
+            assert self.verdict(url, allowed) == "callback-url-forbidden", url
+
+    def test_production_default_refuses_loopback(
+        self,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        resolver: Callable[..., list[str]],
+    ) -> None:
+        resolver("localhost", ["127.0.0.1", "::1"])
+        environ = {"DATABASE_URL": "sqlite://", "BROKER_URL": "memory://"}
+        allowed = self.allowed(environ, tmp_path, monkeypatch)
+        assert allowed == ()
+        for url in ("http://127.0.0.1/", "http://[::1]/", "http://localhost/"):
+            assert self.verdict(url, allowed) == "callback-url-forbidden", url
+
+    def test_named_networks_ipv4_and_ipv6_are_admitted_and_nothing_else(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        environ = {
+            "DATABASE_URL": "sqlite://",
+            "BROKER_URL": "memory://",
+            "CALLBACK_ALLOWED_NETWORKS": "10.1.0.0/16, fd12:3456::/32",
+        }
+        allowed = self.allowed(environ, tmp_path, monkeypatch)
+        assert self.verdict("http://10.1.2.3/", allowed) == "ok"
+        assert self.verdict("http://[fd12:3456::7]/", allowed) == "ok"
+        assert self.verdict("http://10.2.0.1/", allowed) == "callback-url-forbidden"
+        assert self.verdict("http://127.0.0.1/", allowed) == "callback-url-forbidden"
+        assert self.verdict("http://[fd12:3457::1]/", allowed) == "callback-url-forbidden"
+
+    def test_an_empty_setting_replaces_the_embedded_default(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        allowed = self.allowed({"CALLBACK_ALLOWED_NETWORKS": ""}, tmp_path, monkeypatch)
+        assert self.verdict("http://127.0.0.1:9000/", allowed) == "callback-url-forbidden"

@@ -1,22 +1,28 @@
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import requests_mock as rm
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
+from standardwebhooks import Webhook as StandardWebhook
 
 from core.config import Settings
 from core.db import utcnow
-from core.models import Delivery
+from core.models import Delivery, User
+from core.services import deliveries
+from tests.callback_receiver import Answer, CallbackReceiver
 from tests.conftest import Account
 from tests.deliveries_helpers import attempts, load, make_delivery
 from workers import celery_app as celery_module
 from workers.celery_app import DELIVERIES_QUEUE, DbTask, make_celery
 from workers.tasks import deliveries as delivery_tasks
-from workers.tasks.deliveries import deliver, http_session, sweep_deliveries
+from workers.tasks.deliveries import deliver, http_session, run_delivery, sweep_deliveries
 
 HOOK = "https://93.184.216.34/hook"
 
@@ -101,3 +107,66 @@ def test_one_http_session_per_process(settings: Settings, monkeypatch: pytest.Mo
     # After a fork the child builds its own pool instead of sharing the parent's sockets.
     monkeypatch.setattr(delivery_tasks, "_http_pid", -1)
     assert http_session(settings) is not first
+
+
+@pytest.fixture
+def receiver() -> Iterator[CallbackReceiver]:
+    server = CallbackReceiver().start()
+    yield server
+    server.stop()
+
+
+def loopback_settings(settings: Settings, **changes: Any) -> Settings:
+    """Return settings that admit 127.0.0.0/8 past the SSRF guard, as the embedded mode does."""
+    return settings.model_copy(
+        update={"callback_allowed_networks": (ipaddress.ip_network("127.0.0.0/8"),), **changes}
+    )
+
+
+def test_a_real_receiver_verifies_the_callback_with_standardwebhooks(
+    receiver: CallbackReceiver,
+    settings: Settings,
+    session_factory: sessionmaker[Session],
+    account: Account,
+) -> None:
+    delivery_id = make_delivery(session_factory, account.id, receiver.url(), custom=[1, "x"])
+    local = loopback_settings(settings)
+    recorded = run_delivery(
+        session_factory,
+        delivery_id,
+        settings=local,
+        http=deliveries.make_http_session(local.callback_allowed_networks),
+    )
+    assert recorded == deliveries.Recorded(status="succeeded")
+    (got,) = receiver.wait_for(1)
+    with session_factory() as session:
+        user = session.get(User, account.id)
+        assert user is not None
+        secret = user.signing_secret
+    payload = StandardWebhook(secret).verify(got.body, got.headers)
+    assert payload["customCallbackData"] == [1, "x"]
+    assert got.headers["webhook-id"] == load(session_factory, delivery_id).message_id
+    assert got.headers["content-type"] == "application/json"
+
+
+def test_a_real_receiver_slower_than_the_timeout_is_a_timeout(
+    receiver: CallbackReceiver,
+    settings: Settings,
+    session_factory: sessionmaker[Session],
+    account: Account,
+) -> None:
+    receiver.answer(Answer(status=200, delay=1.0))
+    delivery_id = make_delivery(session_factory, account.id, receiver.url())
+    local = loopback_settings(settings, callback_timeout_seconds=0.25)
+    started = time.monotonic()
+    recorded = run_delivery(
+        session_factory,
+        delivery_id,
+        settings=local,
+        http=deliveries.make_http_session(local.callback_allowed_networks),
+    )
+    assert time.monotonic() - started < 0.9  # did not wait for the answer
+    assert recorded is not None
+    assert recorded.status == "pending"
+    (logged,) = attempts(session_factory, delivery_id)
+    assert (logged.status_code, logged.error) == (None, "timeout")
