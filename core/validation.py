@@ -28,7 +28,8 @@ def _aware_datetime(value: Any) -> Any:
         parsed = value
     elif isinstance(value, str):
         try:
-            parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+            # RFC 3339 allows a lowercase "z" too.
+            parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
         except ValueError:
             raise ValueError("must be an ISO-8601 date-time") from None
     else:
@@ -78,7 +79,7 @@ def validate(model: type[ModelT], data: Any) -> ModelT:
 
 
 def isoformat(value: dt.datetime | None) -> str | None:
-    """Render a time in UTC with a `Z`, or None."""
+    """Render a time in UTC to the whole second with a `Z` (as SPEC's examples), or None."""
     if value is None:
         return None
-    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+    return value.astimezone(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")

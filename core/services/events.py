@@ -112,7 +112,8 @@ def emit_internal(
     It is applied in the caller's transaction so that the API answers with the new state;
     its deliveries are sent by the workers. The caller commits, then enqueues `delivery_ids`.
     """
-    occurred_at = occurred_at or utcnow()
+    # Whole seconds, as every time is shown: a duration then matches the times it is read from.
+    occurred_at = occurred_at or utcnow().replace(microsecond=0)
     if type == END and meeting.started_at is not None and occurred_at < meeting.started_at:
         # "End it now" cannot mean before its start: the platform's clock may run ahead of ours.
         occurred_at = meeting.started_at

@@ -258,12 +258,15 @@ def peek_presenter_link(session: Session, token: str, *, now: dt.datetime | None
 
 
 def end_meeting(session: Session, user: User, meeting_id: int) -> tuple[Meeting, list[int]]:
-    """End a running meeting; ending twice is harmless; a meeting never started is a 409."""
+    """End a meeting; ending twice is harmless.
+
+    A meeting whose start was never reported ends too (startedAt and durationSeconds stay
+    null), as the same end reported by the platform would: it frees its conference id and
+    lets a client cancel a meeting nobody joined.
+    """
     meeting = get_meeting(session, user, meeting_id, lock=True)
     if meeting.status == "ended":
         return meeting, []
-    if meeting.status == "scheduled":
-        raise Conflict(f"meeting {meeting_id} has not started", code="meeting-not-started")
     _, applied = events.emit_internal(session, meeting, events.END, source="api")
     return meeting, applied.delivery_ids
 

@@ -12,7 +12,6 @@ import contextlib
 import datetime as dt
 import hashlib
 import hmac
-import json
 import logging
 import re
 from typing import Any
@@ -28,7 +27,7 @@ from core.schemas import PlatformEvent
 from core.services import events
 from core.validation import validate
 from receiver import get_settings
-from receiver.bodies import read_object
+from receiver.bodies import parse_json_object, read_object
 from receiver.db import get_session
 from receiver.errors import error_response
 from receiver.tasks import enqueue
@@ -181,13 +180,7 @@ def _read_body() -> dict[str, Any]:
     raw = request.get_data(cache=True)
     if not raw.strip():
         raise ValidationFailed("request body is required", code="body-required")
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise ValidationFailed("request body is not valid JSON", code="malformed-json") from None
-    if not isinstance(data, dict):
-        raise ValidationFailed("request body must be a JSON object", code="malformed-json")
-    return data
+    return parse_json_object(raw)
 
 
 def _parse(webhook_id: str) -> PlatformEvent:

@@ -706,7 +706,11 @@ class TestContentType:
         assert response.is_json
         assert len(events_in(db_session)) == 1
 
-    @pytest.mark.parametrize("body", ["", "not json", "[1]"])
+    @pytest.mark.parametrize(
+        "body",
+        ["", "not json", "[1]", '{"type": NaN}', '{"data": ' * 5000 + "1" + "}" * 5000],
+        ids=["empty", "not-json", "array", "nan", "deep"],
+    )
     def test_no_content_type_still_needs_a_json_object(
         self, client: FlaskClient, db_session: Session, body: str
     ) -> None:

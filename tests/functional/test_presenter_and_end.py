@@ -217,13 +217,27 @@ class TestEnd:
         ends = db_session.scalars(sa.select(Event).where(Event.type == "meeting.end")).all()
         assert len(ends) == 1
 
-    def test_ending_a_meeting_that_never_started_is_409(
-        self, client: FlaskClient, account: Account
+    def test_ending_a_meeting_that_never_started_ends_it_without_a_start(
+        self, client: FlaskClient, account: Account, db_session: Session
     ) -> None:
         started = start_meeting(client, account)
-        response = client.post(f"/v1/meetings/{started['meetingId']}/end", headers=account.headers)
-        assert response.status_code == 409
-        assert response.get_json()["code"] == "meeting-not-started"
+        meeting_id = started["meetingId"]
+        response = client.post(f"/v1/meetings/{meeting_id}/end", headers=account.headers)
+        assert response.status_code == 200
+        body = response.get_json()
+        assert body["status"] == "ended"
+        assert body["startedAt"] is None
+        assert body["endedAt"].endswith("Z")
+        assert body["durationSeconds"] is None
+        ends = db_session.scalars(sa.select(Event).where(Event.type == "meeting.end")).all()
+        assert [event.meeting_id for event in ends] == [meeting_id]
+        # The unused presenter link now says the meeting ended; it cannot start it again.
+        late = client.post(path_of(started["presenterLink"]), headers=JSON)
+        assert late.status_code == 410
+        assert late.get_json()["code"] == "meeting-ended"
+        again = client.get(f"/v1/meetings/{meeting_id}", headers=account.headers).get_json()
+        assert again["status"] == "ended"
+        assert again["startedAt"] is None
 
     def test_presenter_link_of_an_ended_meeting_is_410(
         self, client: FlaskClient, account: Account

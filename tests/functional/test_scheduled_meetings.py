@@ -55,6 +55,22 @@ class TestCreate:
         )
         assert response.get_json()["meetingStart"] == "2030-01-01T08:00:00Z"
 
+    def test_times_are_shown_to_the_second_and_a_lowercase_z_is_read(
+        self, client: FlaskClient, account: Account
+    ) -> None:
+        response = schedule(
+            client,
+            account,
+            meetingStart="2030-01-01T10:00:00.750z",
+            meetingEnd="2030-01-01T11:00:00.250Z",
+        )
+        assert response.status_code == 201
+        body = response.get_json()
+        assert (body["meetingStart"], body["meetingEnd"]) == (
+            "2030-01-01T10:00:00Z",
+            "2030-01-01T11:00:00Z",
+        )
+
     @pytest.mark.parametrize(
         ("fields", "bad"),
         [
