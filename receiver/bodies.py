@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from flask import request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from core.errors import DomainError, ValidationFailed
 
@@ -23,6 +24,17 @@ class UnsupportedMediaType(DomainError):
     code = "unsupported-media-type"
 
 
+def read_raw() -> bytes:
+    """Return the body bytes; raise 413 when they exceed the limit, chunked bodies included."""
+    raw = request.get_data(cache=True)
+    limit = request.max_content_length
+    # Without a Content-Length werkzeug stops reading at the limit and returns what it read,
+    # silently cut: a body that fills the limit exactly may have been cut, so it is refused.
+    if request.content_length is None and limit is not None and len(raw) >= limit:
+        raise RequestEntityTooLarge
+    return raw
+
+
 def read_object(*, allow_form: bool = False, allow_empty: bool = False) -> dict[str, Any]:
     """Return the body as a dict.
 
@@ -32,7 +44,7 @@ def read_object(*, allow_form: bool = False, allow_empty: bool = False) -> dict[
     mimetype = request.mimetype
     if allow_form and mimetype in FORM_TYPES:
         return {key: request.form.get(key) for key in request.form}
-    raw = request.get_data(cache=True)
+    raw = read_raw()
     if not raw.strip():
         if allow_empty:
             return {}

@@ -20,11 +20,18 @@ def _op(
     *,
     scope: str | None = None,
     body: bool = False,
+    form: bool = False,
     errors: tuple[int, ...] = (),
     params: tuple[dict[str, Any], ...] = (),
+    also_ok: dict[int, str] | None = None,
 ) -> dict[str, Any]:
     responses: dict[str, Any] = {str(ok): {"description": "success"}}
-    codes = set(errors) | ({401, 403} if scope else set()) | ({400, 413, 415} if body else set())
+    for code, description in (also_ok or {}).items():
+        responses[str(code)] = {"description": description}
+    # Every authenticated call reads the database: 503 with Retry-After when it is down.
+    codes = (
+        set(errors) | ({401, 403, 503} if scope else set()) | ({400, 413, 415} if body else set())
+    )
     for code in sorted(codes):
         responses[str(code)] = {
             "description": "error",
@@ -35,12 +42,10 @@ def _op(
         op["security"] = BEARER
         op["x-scope"] = scope
     if body:
-        op["requestBody"] = {
-            "content": {
-                "application/json": {"schema": {"type": "object"}},
-                "application/x-www-form-urlencoded": {"schema": {"type": "object"}},
-            }
-        }
+        content: dict[str, Any] = {"application/json": {"schema": {"type": "object"}}}
+        if form:
+            content["application/x-www-form-urlencoded"] = {"schema": {"type": "object"}}
+        op["requestBody"] = {"content": content}
     if params:
         op["parameters"] = list(params)
     return op
@@ -87,7 +92,9 @@ def document() -> dict[str, Any]:
         },
         "paths": {
             "/v1/meetings/start": {
-                "post": _op("Start an ad hoc meeting", 201, scope="start_meeting", body=True)
+                "post": _op(
+                    "Start an ad hoc meeting", 201, scope="start_meeting", body=True, form=True
+                )
             },
             "/v1/meetings/{meetingId}/start": {
                 "post": _op(
@@ -95,16 +102,17 @@ def document() -> dict[str, Any]:
                     200,
                     scope="start_meeting",
                     body=True,
+                    form=True,
                     errors=(404, 409),
                     params=(meeting_id,),
                 )
             },
             "/v1/meetings/{meetingId}/end": {
                 "post": _op(
-                    "End a running meeting",
+                    "End a meeting (ending twice is harmless)",
                     200,
                     scope="start_meeting",
-                    errors=(404, 409),
+                    errors=(404,),
                     params=(meeting_id,),
                 )
             },
@@ -140,6 +148,7 @@ def document() -> dict[str, Any]:
                     202,
                     body=True,
                     errors=(401, 503),
+                    also_ok={200: "the same webhook-id again: already recorded"},
                 )
             },
             "/v1/webhooks/deliveries": {

@@ -27,7 +27,7 @@ from core.schemas import PlatformEvent
 from core.services import events
 from core.validation import validate
 from receiver import get_settings
-from receiver.bodies import parse_json_object, read_object
+from receiver.bodies import parse_json_object, read_object, read_raw
 from receiver.db import get_session
 from receiver.errors import error_response
 from receiver.tasks import enqueue
@@ -127,17 +127,6 @@ def check_signature(
         raise SignatureRejected("bad-signature", "no matching signature found")
 
 
-def _raw_body() -> bytes:
-    """Return the body bytes; raise 413 when they exceed the limit, chunked bodies included."""
-    raw = request.get_data(cache=True)
-    limit = request.max_content_length
-    # Without a Content-Length werkzeug stops reading at the limit and returns what it read,
-    # silently cut: a body that fills the limit exactly may have been cut, so it is refused.
-    if request.content_length is None and limit is not None and len(raw) >= limit:
-        raise RequestEntityTooLarge
-    return raw
-
-
 def _verify(secret: str | None) -> None:
     """Authenticate the request; raise 401 unless its signature verifies over the raw body."""
     if not secret:
@@ -152,7 +141,7 @@ def _verify(secret: str | None) -> None:
         REJECTED.labels(reason="missing-header").inc()
         raise InvalidSignature(f"webhook signature rejected: missing {', '.join(missing)}")
     try:
-        raw = _raw_body()
+        raw = read_raw()
     except RequestEntityTooLarge:
         REJECTED.labels(reason="body-too-large").inc()
         raise

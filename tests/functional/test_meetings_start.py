@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import io
+import json
 import re
 from typing import Any
 
@@ -210,6 +212,25 @@ class TestAdHocStart:
     ) -> None:
         body = {"startWithPersonalUrl": True, "padding": "x" * 70_000}
         response = start(client, account, body)
+        assert response.status_code == 413
+        assert response.get_json()["code"] == "body-too-large"
+        assert count(db_session, Meeting) == 0
+
+    def test_too_large_chunked_body_is_413_not_a_cut_body(
+        self, client: FlaskClient, account: Account, db_session: Session
+    ) -> None:
+        body = json.dumps({"startWithPersonalUrl": True, "padding": "x" * 70_000})
+        # No Content-Length; the server ends the stream, as gunicorn does for chunked bodies.
+        response = client.post(
+            "/v1/meetings/start",
+            input_stream=io.BytesIO(body.encode()),
+            headers={
+                **account.headers,
+                "Content-Type": "application/json",
+                "Transfer-Encoding": "chunked",
+            },
+            environ_overrides={"wsgi.input_terminated": True},
+        )
         assert response.status_code == 413
         assert response.get_json()["code"] == "body-too-large"
         assert count(db_session, Meeting) == 0

@@ -40,3 +40,14 @@ def test_openapi_describes_the_api(client: FlaskClient) -> None:
     assert "/v1/meetings/start" in doc["paths"]
     assert doc["paths"]["/v1/events"]["post"]["responses"]["202"]
     assert doc["servers"] == [{"url": "https://meet.example.test"}]
+
+
+def test_openapi_lists_what_each_endpoint_really_answers(client: FlaskClient) -> None:
+    paths = client.get("/openapi.json").get_json()["paths"]
+    ingest = paths["/v1/events"]["post"]
+    assert {"200", "202", "400", "401", "413", "415", "503"} <= set(ingest["responses"])
+    assert set(ingest["requestBody"]["content"]) == {"application/json"}
+    start = paths["/v1/meetings/start"]["post"]
+    assert "application/x-www-form-urlencoded" in start["requestBody"]["content"]
+    assert {"401", "403", "503"} <= set(paths["/v1/user"]["get"]["responses"])
+    assert "409" not in paths["/v1/meetings/{meetingId}/end"]["post"]["responses"]
