@@ -123,6 +123,16 @@ def wait_processed(database_url: str, count: int, timeout: float = 300) -> int:
     return processed
 
 
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a process group; kill it when its warm shutdown lingers (the figures are in)."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=300)
@@ -201,8 +211,7 @@ def main() -> None:
     finally:
         for proc in (serve, worker):
             if proc is not None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=20)
+                stop(proc)
 
 
 if __name__ == "__main__":
