@@ -136,9 +136,21 @@ def _beat_argv(extra: Sequence[str]) -> list[str]:
     return _celery_argv("beat", "-l", "INFO", "-s", schedule, *extra)
 
 
+def _share_metrics() -> None:
+    """Give the processes started from here one Prometheus multiprocess directory.
+
+    gunicorn runs several receiver processes, and a scrape reaches one of them: without a
+    shared directory /metrics would show that process's counters only. A fresh directory at
+    each start, because leftover files of an earlier run would be counted again.
+    """
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="meetinghooks-metrics-")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the receiver under gunicorn."""
     settings = _settings()
+    _share_metrics()
     os.execv(sys.executable, _gunicorn_argv(settings))  # noqa: S606  (replace this process)
 
 
@@ -158,6 +170,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Migrate, then run receiver, worker and beat together until interrupted."""
     settings = _settings()
     migrate.upgrade(settings.database_url)
+    _share_metrics()  # the worker's counters then show on the receiver's /metrics too
     children = [
         subprocess.Popen(_worker_argv(["--concurrency", "2"])),
         subprocess.Popen(_beat_argv([])),

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import sqlalchemy as sa
 from flask import Blueprint, Response, current_app, jsonify
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    generate_latest,
+    multiprocess,
+)
 
 from receiver import get_settings
 from receiver.db import get_session
@@ -59,5 +66,15 @@ def _broker_reachable() -> bool:
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    """Expose Prometheus metrics of this process."""
-    return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
+    """Expose Prometheus metrics: of every process sharing PROMETHEUS_MULTIPROC_DIR, if set."""
+    return Response(generate_latest(_metrics_registry()), mimetype=CONTENT_TYPE_LATEST)
+
+
+def _metrics_registry() -> CollectorRegistry:
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return REGISTRY
+    # gunicorn workers (and, under `meetinghooks run`, the Celery worker) each write their
+    # own files there; a scrape adds them up, whichever process answers it.
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
