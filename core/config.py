@@ -47,6 +47,9 @@ class Settings(BaseModel):
     # Redis only: a prefix for every broker key, so that deployments (or test runs) can share
     # one Redis database without seeing each other's queues.
     broker_key_prefix: str = ""
+    # Where `meetinghooks worker` serves its Prometheus metrics (none: not served).
+    worker_metrics_port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    worker_metrics_host: str = "127.0.0.1"
     embedded: bool = False
     log_level: str = "INFO"
 
@@ -114,6 +117,8 @@ class Settings(BaseModel):
             "SWEEP_INTERVAL_SECONDS": "sweep_interval_seconds",
             "BROKER_POLLING_INTERVAL": "broker_polling_interval",
             "BROKER_KEY_PREFIX": "broker_key_prefix",
+            "WORKER_METRICS_PORT": "worker_metrics_port",
+            "WORKER_METRICS_HOST": "worker_metrics_host",
             "LOG_LEVEL": "log_level",
         }
         for name, field in simple.items():

@@ -136,28 +136,32 @@ def _beat_argv(extra: Sequence[str]) -> list[str]:
     return _celery_argv("beat", "-l", "INFO", "-s", schedule, *extra)
 
 
-def _share_metrics() -> None:
-    """Give the processes started from here one Prometheus multiprocess directory.
+def _with_shared_metrics() -> dict[str, str]:
+    """Return the environment for child processes, with one Prometheus multiprocess directory.
 
-    gunicorn runs several receiver processes, and a scrape reaches one of them: without a
-    shared directory /metrics would show that process's counters only. A fresh directory at
-    each start, because leftover files of an earlier run would be counted again.
+    gunicorn runs several receiver processes and a Celery worker several pool processes; a
+    scrape reaches one of them, so without a shared directory /metrics would show that
+    process's counters only. A fresh directory at each start, because leftover files of an
+    earlier run would be counted again.
     """
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="meetinghooks-metrics-")
+    env = dict(os.environ)
+    if not env.get("PROMETHEUS_MULTIPROC_DIR"):
+        env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="meetinghooks-metrics-")
+    return env
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the receiver under gunicorn."""
     settings = _settings()
-    _share_metrics()
-    os.execv(sys.executable, _gunicorn_argv(settings))  # noqa: S606  (replace this process)
+    env = _with_shared_metrics()
+    os.execve(sys.executable, _gunicorn_argv(settings), env)  # noqa: S606  (replace this process)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run a Celery worker on the events and deliveries queues."""
     _settings()
-    os.execv(sys.executable, _worker_argv(args.extra))  # noqa: S606  (replace this process)
+    env = _with_shared_metrics()  # the pool processes' counters, for WORKER_METRICS_PORT
+    os.execve(sys.executable, _worker_argv(args.extra), env)  # noqa: S606  (replace this process)
 
 
 def cmd_beat(args: argparse.Namespace) -> int:
@@ -170,11 +174,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Migrate, then run receiver, worker and beat together until interrupted."""
     settings = _settings()
     migrate.upgrade(settings.database_url)
-    _share_metrics()  # the worker's counters then show on the receiver's /metrics too
+    env = _with_shared_metrics()  # the worker's counters then show on the receiver's /metrics
     children = [
-        subprocess.Popen(_worker_argv(["--concurrency", "2"])),
-        subprocess.Popen(_beat_argv([])),
-        subprocess.Popen(_gunicorn_argv(settings)),
+        subprocess.Popen(_worker_argv(["--concurrency", "2"]), env=env),
+        subprocess.Popen(_beat_argv([]), env=env),
+        subprocess.Popen(_gunicorn_argv(settings), env=env),
     ]
     mode = "embedded (SQLite + SQLAlchemy broker under ./var)" if settings.embedded else "external"
     print(

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -87,10 +88,22 @@ def test_worker_passes_unknown_options_to_celery(
     embedded: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     launched: list[list[str]] = []
-    monkeypatch.setattr("os.execv", lambda _path, argv: launched.append(list(argv)))
+    environments: list[dict[str, str]] = []
+
+    def execve(_path: str, argv: list[str], env: dict[str, str]) -> None:
+        launched.append(list(argv))
+        environments.append(env)
+
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    monkeypatch.setattr("os.execve", execve)
     main(["worker", "--concurrency", "8", "-Q", "deliveries"])
     assert launched[0][-4:] == ["--concurrency", "8", "-Q", "deliveries"]
     assert launched[0][1:5] == ["-m", "celery", "-A", "workers.main"]
+    # The pool processes share a fresh, empty metrics directory; this process is left alone.
+    shared = Path(environments[0]["PROMETHEUS_MULTIPROC_DIR"])
+    assert shared.is_dir()
+    assert list(shared.iterdir()) == []
+    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
 
 
 def test_other_commands_refuse_unknown_options(embedded: Path) -> None:
