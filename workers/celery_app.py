@@ -10,6 +10,7 @@ from celery import Celery, Task
 from kombu.entity import Queue
 
 from core.db import make_engine, make_session_factory
+from workers.embedded_broker import tune_sqlalchemy_transport
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -52,15 +53,6 @@ class DbTask(Task):  # type: ignore[misc]
             yield session
 
 
-def _tune_sqlalchemy_transport(polling_interval: float) -> None:
-    # kombu's SQLAlchemy transport polls once a second, which makes `make run` feel slow. Its
-    # `polling_interval` transport option is also passed on to create_engine(), which refuses
-    # it, so the class attribute is the only place to set it.
-    from kombu.transport import sqlalchemy as sqla_transport  # noqa: PLC0415  (embedded only)
-
-    sqla_transport.Transport.polling_interval = polling_interval
-
-
 def make_celery(settings: Settings) -> Celery:
     """Create the Celery app for these settings."""
     DbTask.settings = settings
@@ -70,7 +62,8 @@ def make_celery(settings: Settings) -> Celery:
     if settings.broker_key_prefix and settings.broker_url.startswith(("redis", "rediss")):
         transport_options["global_keyprefix"] = settings.broker_key_prefix
     if settings.broker_url.startswith("sqla+"):
-        _tune_sqlalchemy_transport(settings.broker_polling_interval)
+        # Polling once a second (kombu's default) makes `make run` feel slow.
+        tune_sqlalchemy_transport(settings.broker_polling_interval)
         # This transport hands its options to create_engine(): wait for SQLite's lock
         # instead of failing when receiver, worker and beat write at once.
         transport_options = {"connect_args": {"timeout": 30}}
