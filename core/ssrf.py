@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -24,11 +25,14 @@ from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 from urllib3.poolmanager import PoolManager
 from urllib3.util import connection as urllib3_connection
 
+from core import http_deadline
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 SCHEMES = ("http", "https")
 MAX_URL_LENGTH = 2048  # the width of webhooks.callback_url
+DNS_TIMEOUT_SECONDS = 5.0  # a registration or an attempt waits no longer for a name lookup
 _FORBIDDEN_CHARS = re.compile(r"[\x00-\x20\x7f\\]")
 _DNS_LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
 _LEGACY_IPV4_LABEL = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$")
@@ -130,9 +134,10 @@ class Target:
 def resolve(host: str, port: int) -> list[IPAddress]:
     """Return the addresses `host` resolves to, in the resolver's order, without duplicates.
 
-    Raises OSError (socket.gaierror) when the name does not resolve. Tests monkeypatch this.
+    Raises OSError when the name does not resolve within DNS_TIMEOUT_SECONDS (or the current
+    attempt's deadline, if sooner). Tests monkeypatch this.
     """
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    infos = _getaddrinfo_with_timeout(host, port)
     found: list[IPAddress] = []
     for _family, _type, _proto, _canon, sockaddr in infos:
         # IPv6 link-local answers may carry a zone ("fe80::1%eth0"); the zone is not part of
@@ -141,6 +146,33 @@ def resolve(host: str, port: int) -> list[IPAddress]:
         if address not in found:
             found.append(address)
     return found
+
+
+def _getaddrinfo_with_timeout(host: str, port: int) -> list[Any]:
+    # getaddrinfo() takes no timeout and a broken resolver can hold it for tens of seconds,
+    # a registration request or a delivery worker with it. It runs in a daemon thread we
+    # stop waiting for; the thread itself ends when the resolver gives up.
+    timeout = DNS_TIMEOUT_SECONDS
+    deadline = http_deadline.current()
+    if deadline is not None:
+        timeout = min(timeout, deadline.remaining())
+    answer: list[Any] = []
+    failure: list[BaseException] = []
+
+    def lookup() -> None:
+        try:
+            answer.extend(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except (OSError, UnicodeError) as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=lookup, name="ssrf-dns", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise socket.gaierror(socket.EAI_AGAIN, f"no answer for {host} within {timeout:.1f} s")
+    if failure:
+        raise failure[0]
+    return answer
 
 
 def effective_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
@@ -305,12 +337,18 @@ def _open_checked_socket(conn: HTTPConnection, allowed: tuple[IPNetwork, ...]) -
     dns_host: str = getattr(conn, "_dns_host", conn.host)
     port = conn.port
     addresses = checked_addresses(dns_host, port, allowed)
+    deadline = http_deadline.current()
     error: Exception | None = None
     for address in addresses:
+        timeout = conn.timeout
+        if deadline is not None:
+            if deadline.remaining() <= 0:
+                raise ConnectTimeoutError(conn, f"No time left to connect to {conn.host}")
+            timeout = min(timeout, deadline.remaining()) if timeout else deadline.remaining()
         try:
-            return urllib3_connection.create_connection(
+            sock = urllib3_connection.create_connection(
                 (str(address), port),
-                conn.timeout,
+                timeout,
                 source_address=conn.source_address,
                 socket_options=conn.socket_options,
             )
@@ -322,11 +360,29 @@ def _open_checked_socket(conn: HTTPConnection, allowed: tuple[IPNetwork, ...]) -
         except OSError as exc:
             error = NewConnectionError(conn, f"Failed to connect to {conn.host} ({address}): {exc}")
             error.__cause__ = exc
+        else:
+            http_deadline.watch(sock)
+            return sock
     assert error is not None  # noqa: S101  (addresses is not empty)
     raise error
 
 
-class GuardedHTTPConnection(HTTPConnection):
+class _HeldToDeadline:
+    """Hands the socket of every request, new or reused from the pool, to the deadline."""
+
+    sock: socket.socket | None
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        http_deadline.watch(self.sock)
+        super().request(*args, **kwargs)  # type: ignore[misc]
+
+    def getresponse(self) -> Any:
+        # After a TLS handshake `sock` is the SSLSocket that the response is read from.
+        http_deadline.watch(self.sock)
+        return super().getresponse()  # type: ignore[misc]
+
+
+class GuardedHTTPConnection(_HeldToDeadline, HTTPConnection):
     """An HTTP connection that connects only to checked addresses."""
 
     def __init__(
@@ -339,7 +395,7 @@ class GuardedHTTPConnection(HTTPConnection):
         return _open_checked_socket(self, self.allowed_networks)
 
 
-class GuardedHTTPSConnection(HTTPSConnection):
+class GuardedHTTPSConnection(_HeldToDeadline, HTTPSConnection):
     """An HTTPS connection that connects only to checked addresses; TLS still names the host."""
 
     def __init__(

@@ -30,12 +30,17 @@ class Received:
 
 @dataclass
 class Answer:
-    """What the receiver answers: status, headers, body, and an optional delay first."""
+    """What the receiver answers: status, headers, body, and an optional delay first.
+
+    `trickle` sends the status line and headers one byte at a time, that many seconds apart:
+    every read gets data well within a socket timeout, yet the answer takes for ever.
+    """
 
     status: int = 204
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
     delay: float = 0.0
+    trickle: float = 0.0
 
 
 class CallbackReceiver:
@@ -96,12 +101,25 @@ class CallbackReceiver:
                     receiver.on_request(got)
                 if reply.delay:
                     time.sleep(reply.delay)
+                if reply.trickle:
+                    self._trickle(reply)
+                    return
                 self.send_response(reply.status)
                 for name, value in reply.headers.items():
                     self.send_header(name, value)
                 self.send_header("Content-Length", str(len(reply.body)))
                 self.end_headers()
                 self.wfile.write(reply.body)
+
+            def _trickle(self, reply: Answer) -> None:
+                head = f"HTTP/1.1 {reply.status} OK\r\nX-Slow: {'x' * 200}\r\n\r\n".encode()
+                try:
+                    for byte in head:
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        time.sleep(reply.trickle)
+                except OSError:
+                    self.close_connection = True  # the client gave up, as it should
 
             do_POST = do_GET = _handle  # noqa: N815  (http.server's naming)
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import requests
 import sqlalchemy as sa
 
-from core import signing, ssrf
+from core import http_deadline, signing, ssrf
 from core.errors import Conflict, NotFound, ValidationFailed
 from core.models import Delivery, DeliveryAttempt, Event, Meeting, User, Webhook
 from core.security import new_public_id
@@ -239,32 +239,37 @@ def send(
 ) -> Outcome:
     """POST the signed callback once; never raises for anything the receiver or network does.
 
-    `timeout` bounds the connect and each read; the response body is read until
-    RESPONSE_BODY_LIMIT bytes or until twice the timeout has passed since the start.
+    `timeout` bounds the connect and each read, and the whole attempt (name lookup aside) is
+    cut off after twice `timeout`, however slowly the receiver trickles its answer; the
+    response body is read until RESPONSE_BODY_LIMIT bytes or that deadline.
     """
     timestamp = now or dt.datetime.now(dt.UTC)
     headers = signing.headers(claimed.secrets, claimed.message_id, timestamp, claimed.body)
     started = time.monotonic()
-    try:
-        response = http.post(
-            claimed.callback_url,
-            data=claimed.body.encode(),
-            headers=headers,
-            timeout=(timeout, timeout),
-            allow_redirects=False,
-            stream=True,
-        )
-    except (ssrf.CallbackUrlRefused, requests.RequestException) as exc:
-        return Outcome(status_code=None, latency_ms=_elapsed_ms(started), error=error_class(exc))
-    except Exception:
-        # Whatever went wrong must end as a recorded attempt, or the delivery would loop.
-        log.exception("core.delivery.send_failed delivery=%s", claimed.delivery_id)
-        return Outcome(status_code=None, latency_ms=_elapsed_ms(started), error="internal-error")
-    latency_ms = _elapsed_ms(started)
-    try:
-        body = _read_capped(response, deadline=started + 2 * timeout)
-    finally:
-        response.close()
+    with http_deadline.limit(2 * timeout) as deadline:
+        try:
+            response = http.post(
+                claimed.callback_url,
+                data=claimed.body.encode(),
+                headers=headers,
+                timeout=(timeout, timeout),
+                allow_redirects=False,
+                stream=True,
+            )
+        except (ssrf.CallbackUrlRefused, requests.RequestException) as exc:
+            failure = "timeout" if deadline.expired else error_class(exc)
+            return Outcome(status_code=None, latency_ms=_elapsed_ms(started), error=failure)
+        except Exception:
+            # Whatever went wrong must end as a recorded attempt, or the delivery would loop.
+            log.exception("core.delivery.send_failed delivery=%s", claimed.delivery_id)
+            return Outcome(
+                status_code=None, latency_ms=_elapsed_ms(started), error="internal-error"
+            )
+        latency_ms = _elapsed_ms(started)
+        try:
+            body = _read_capped(response, deadline=deadline.expires_at)
+        finally:
+            response.close()
     status = response.status_code
     error = None if 200 <= status < 300 else _status_error(status)
     if error is None and latency_ms > timeout * 1000:

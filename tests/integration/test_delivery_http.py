@@ -128,6 +128,34 @@ class TestRealReceiver:
         assert logged.status_code is None
         assert load(session_factory, delivery_id).status == "pending"
 
+    @pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+    def test_receiver_trickling_its_headers_is_cut_off_at_twice_the_timeout(
+        self,
+        tls: bool,
+        attempt: Callable[[int], deliveries.Recorded | None],
+        http: requests.Session,
+        session_factory: sessionmaker[Session],
+        account: Account,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        # One byte every 0.2 s never trips the 1 s read timeout; the headers would take 45 s.
+        monkeypatch.setattr(ssrf, "resolve", lambda host, port: [ipaddress.ip_address("127.0.0.1")])
+        http.verify = str(TLS_CA)
+        server = CallbackReceiver(tls=tls).start()
+        try:
+            delivery_id = make_delivery(session_factory, account.id, server.url(host="hooks.test"))
+            server.answer(Answer(status=200, trickle=0.2))
+            started = time.monotonic()
+            attempt(delivery_id)
+            elapsed = time.monotonic() - started
+        finally:
+            server.stop()
+        assert elapsed < 3.5  # 2 x CALLBACK_TIMEOUT_SECONDS, plus the bookkeeping
+        (logged,) = attempts(session_factory, delivery_id)
+        assert logged.error == "timeout"
+        assert logged.status_code is None
+        assert load(session_factory, delivery_id).status == "pending"
+
     def test_huge_response_body_is_cut_at_4_kib(
         self,
         receiver: CallbackReceiver,

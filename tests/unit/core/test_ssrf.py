@@ -1,13 +1,16 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
-from core import ssrf
+from core import http_deadline, ssrf
 from core.config import Settings
 from tests.callback_receiver import TLS_CA, CallbackReceiver
 
@@ -494,3 +497,46 @@ class TestAllowListSetting:
     ) -> None:
         allowed = self.allowed({"CALLBACK_ALLOWED_NETWORKS": ""}, tmp_path, monkeypatch)
         assert self.verdict("http://127.0.0.1:9000/", allowed) == "callback-url-forbidden"
+
+
+class TestSlowNameLookup:
+    @pytest.fixture
+    def hanging_dns(self, monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
+        """getaddrinfo that hangs until released (or 10 s), as a broken resolver does."""
+        release = threading.Event()
+
+        def hang(*_args: object, **_kwargs: object) -> list[object]:
+            release.wait(10)
+            raise socket.gaierror(socket.EAI_AGAIN, "resolver gave up")
+
+        monkeypatch.setattr(socket, "getaddrinfo", hang)
+        monkeypatch.setattr(ssrf, "DNS_TIMEOUT_SECONDS", 0.3)
+        yield release
+        release.set()
+
+    def test_registration_does_not_wait_for_a_hanging_resolver(
+        self, hanging_dns: threading.Event
+    ) -> None:
+        started = time.monotonic()
+        ssrf.check_callback_url("https://slow-dns.example/hook")  # accepted, as unresolvable
+        assert time.monotonic() - started < 2
+
+    def test_connect_time_lookup_gives_up_as_unresolvable(
+        self, hanging_dns: threading.Event
+    ) -> None:
+        started = time.monotonic()
+        with pytest.raises(ssrf.Unresolvable):
+            ssrf.pinned_target("https://slow-dns.example/hook")
+        assert time.monotonic() - started < 2
+
+    def test_lookup_waits_no_longer_than_the_attempt_deadline(
+        self, hanging_dns: threading.Event, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(ssrf, "DNS_TIMEOUT_SECONDS", 30.0)
+        started = time.monotonic()
+        with http_deadline.limit(0.3), pytest.raises(ssrf.Unresolvable):
+            ssrf.pinned_target("https://slow-dns.example/hook")
+        assert time.monotonic() - started < 2
+
+    def test_a_real_answer_still_comes_through(self) -> None:
+        assert ssrf.resolve("127.0.0.1", 80) == [ip("127.0.0.1")]
