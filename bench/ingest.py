@@ -50,7 +50,7 @@ def wait_http(url: str, timeout: float = 30) -> None:
         try:
             if requests.get(url, timeout=1).ok:
                 return
-        except requests.ConnectionError:
+        except requests.RequestException:  # not up yet, or booting too slowly to answer
             pass
         time.sleep(0.1)
     raise SystemExit(f"bench: {url} did not come up")

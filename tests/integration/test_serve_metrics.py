@@ -57,7 +57,7 @@ def served(tmp_path: Path) -> Iterator[str]:
 def _answers(url: str) -> bool:
     try:
         return requests.get(url, timeout=1).status_code == 200
-    except requests.ConnectionError:
+    except requests.RequestException:  # not up yet, or booting too slowly to answer
         return False
 
 

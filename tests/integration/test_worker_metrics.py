@@ -54,7 +54,7 @@ def cli_worker(it_settings: Settings, tmp_path: Path) -> Iterator[CliWorker]:
 def processed_total(port: int) -> float:
     try:
         text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
-    except requests.ConnectionError:
+    except requests.RequestException:  # not up yet, or booting too slowly to answer
         return -1.0
     return sum(float(value) for value in PROCESSED.findall(text))
 
