@@ -32,6 +32,7 @@ test: lint
 
 bench: install
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/deliveries.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
