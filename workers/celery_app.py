@@ -10,7 +10,7 @@ from celery import Celery, Task
 from kombu.entity import Queue
 
 from core.db import make_engine, make_session_factory
-from workers.embedded_broker import tune_sqlalchemy_transport
+from workers import embedded_broker
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -57,16 +57,15 @@ def make_celery(settings: Settings) -> Celery:
     """Create the Celery app for these settings."""
     DbTask.settings = settings
     DbTask._session_factory = None
-    app = Celery("meetinghooks", broker=settings.broker_url, task_cls=DbTask)
     transport_options: dict[str, Any] = {"visibility_timeout": VISIBILITY_TIMEOUT}
     if settings.broker_key_prefix and settings.broker_url.startswith(("redis", "rediss")):
         transport_options["global_keyprefix"] = settings.broker_key_prefix
-    if settings.broker_url.startswith("sqla+"):
-        # Polling once a second (kombu's default) makes `make run` feel slow.
-        tune_sqlalchemy_transport(settings.broker_polling_interval)
+    if embedded_broker.is_embedded(settings.broker_url):
+        embedded_broker.install(settings.broker_polling_interval)
         # This transport hands its options to create_engine(): wait for SQLite's lock
         # instead of failing when receiver, worker and beat write at once.
         transport_options = {"connect_args": {"timeout": 30}}
+    app = Celery("meetinghooks", broker=settings.broker_url, task_cls=DbTask)
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],

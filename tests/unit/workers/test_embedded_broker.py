@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -9,13 +11,20 @@ import pytest
 from kombu import Connection
 from sqlalchemy import create_engine, event, text
 
-from workers.embedded_broker import RaceSafeChannel, tune_sqlalchemy_transport
+from core.config import Settings
+from workers import embedded_broker
+from workers.celery_app import make_celery
+from workers.embedded_broker import EmbeddedTransport, RaceSafeChannel
 
 
 @pytest.fixture
 def broker_url(tmp_path: Path) -> str:
-    tune_sqlalchemy_transport(polling_interval=0.1)
+    embedded_broker.install(polling_interval=0.1)
     return f"sqla+sqlite:///{tmp_path / 'broker.sqlite3'}"
+
+
+def connect(broker_url: str) -> Connection:
+    return Connection(broker_url)
 
 
 def insert_queue_first_from_another_connection(channel: RaceSafeChannel, name: str) -> None:
@@ -36,7 +45,7 @@ def insert_queue_first_from_another_connection(channel: RaceSafeChannel, name: s
 def test_queue_created_by_another_process_meanwhile_is_used_and_the_channel_keeps_working(
     broker_url: str,
 ) -> None:
-    with Connection(broker_url) as conn:
+    with connect(broker_url) as conn:
         channel = conn.default_channel
         assert isinstance(channel, RaceSafeChannel)
         insert_queue_first_from_another_connection(channel, "events")
@@ -52,3 +61,32 @@ def test_queue_created_by_another_process_meanwhile_is_used_and_the_channel_keep
     with create_engine(broker_url.removeprefix("sqla+")).connect() as rows:
         count = rows.execute(text("SELECT count(*) FROM kombu_queue WHERE name = 'events'"))
         assert count.scalar() == 1
+
+
+def test_a_wait_for_messages_returns_soon_enough_to_see_a_stop_request(broker_url: str) -> None:
+    # Celery's consumer loop waits 2 s at a time and checks for Ctrl-C in between.
+    with connect(broker_url) as conn, conn.SimpleQueue("events"):
+        started = time.monotonic()
+        with pytest.raises(socket.timeout):
+            conn.drain_events(timeout=2.0)
+        assert time.monotonic() - started < 1.0
+
+
+def test_celery_apps_use_the_embedded_transport(broker_url: str, settings: Settings) -> None:
+    app = make_celery(settings.model_copy(update={"broker_url": broker_url}))
+    with app.connection_for_write() as conn:
+        assert isinstance(conn.transport, EmbeddedTransport)
+
+
+def test_a_sqla_url_given_to_a_plain_kombu_connection_gets_the_embedded_transport(
+    broker_url: str,
+) -> None:
+    # Celery's CLI hands BROKER_URL to kombu itself, past the app's settings.
+    with Connection(broker_url) as conn:
+        assert isinstance(conn.transport, EmbeddedTransport)
+        assert conn.transport.polling_interval == 0.1
+
+
+def test_other_broker_urls_are_not_embedded() -> None:
+    assert not embedded_broker.is_embedded("redis://127.0.0.1:6379/0")
+    assert embedded_broker.is_embedded("sqlalchemy+postgresql://db/broker")
