@@ -52,6 +52,37 @@ def missing(reason: str) -> None:
     pytest.skip(reason)
 
 
+def hold_database_down(database_url: str, seconds: float) -> int:
+    """Make the database unusable for `seconds`; return how many connections were cut.
+
+    SQLite: hold the write lock. PostgreSQL: cut every other connection to the database
+    (workers' and receiver's alike), again and again, as a failover or restart would.
+    """
+    terminated = 0
+    engine = sa.create_engine(database_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        if is_sqlite(database_url):
+            conn.exec_driver_sql("BEGIN EXCLUSIVE")
+            time.sleep(seconds)
+            conn.exec_driver_sql("ROLLBACK")
+        else:
+            name = sa.make_url(database_url).database
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                terminated += len(
+                    conn.execute(
+                        sa.text(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE datname = :name AND pid <> pg_backend_pid()"
+                        ),
+                        {"name": name},
+                    ).all()
+                )
+                time.sleep(0.1)
+    engine.dispose()
+    return terminated
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

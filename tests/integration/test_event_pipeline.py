@@ -20,7 +20,14 @@ from core.models import Event, Meeting
 from core.services import accounts
 from receiver import create_app
 from tests.conftest import INGEST_SECRET
-from tests.integration.conftest import Broker, TcpProxy, Worker, count, wait_until
+from tests.integration.conftest import (
+    Broker,
+    TcpProxy,
+    Worker,
+    count,
+    hold_database_down,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 UNPROCESSED = sa.select(sa.func.count()).select_from(Event).where(Event.processed_at.is_(None))
@@ -226,30 +233,8 @@ def test_database_outage_delays_events_and_loses_none(
     terminated = 0
 
     def outage() -> None:
-        # SQLite: hold the write lock. PostgreSQL: cut every other connection to the database
-        # (workers' and receiver's alike), again and again, as a failover or restart would.
         nonlocal terminated
-        engine = sa.create_engine(it_database_url, isolation_level="AUTOCOMMIT")
-        with engine.connect() as conn:
-            if is_sqlite(it_database_url):
-                conn.exec_driver_sql("BEGIN EXCLUSIVE")
-                time.sleep(outage_seconds)
-                conn.exec_driver_sql("ROLLBACK")
-            else:
-                name = sa.make_url(it_database_url).database
-                deadline = time.monotonic() + outage_seconds
-                while time.monotonic() < deadline:
-                    terminated += len(
-                        conn.execute(
-                            sa.text(
-                                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                "WHERE datname = :name AND pid <> pg_backend_pid()"
-                            ),
-                            {"name": name},
-                        ).all()
-                    )
-                    time.sleep(0.1)
-        engine.dispose()
+        terminated = hold_database_down(it_database_url, outage_seconds)
 
     cut = threading.Thread(target=outage)
     cut.start()
