@@ -20,7 +20,7 @@ from core.models import Delivery, DeliveryAttempt
 from core.services import accounts
 from tests.callback_receiver import Answer, CallbackReceiver, Received
 from tests.conftest import INGEST_SECRET
-from tests.deliveries_helpers import make_meeting_with_hooks
+from tests.deliveries_helpers import emit, make_meeting_with_hooks
 from tests.integration.conftest import Worker, hold_database_down, wait_until
 
 pytestmark = pytest.mark.integration
@@ -209,3 +209,27 @@ def test_database_outage_mid_delivery_still_delivers_every_callback(
         f"database outage mid-delivery: {cut} connections cut, 20 callbacks, "
         f"{len(got)} requests received"
     )
+
+
+def test_deliveries_whose_wake_up_messages_were_lost_are_sent_by_the_sweep(
+    it_sessions: sessionmaker[Session],
+    it_engine: Engine,
+    worker: Worker,
+    receiver: CallbackReceiver,
+) -> None:
+    user_id, _ = make_user(it_sessions)
+    # Events applied and their outbox rows written, but no message ever reached the broker:
+    # as if the broker lost them, or the process died right after its commit.
+    for _ in range(10):
+        meeting_id = make_meeting_with_hooks(it_sessions, user_id, {"meeting.end": receiver.url()})
+        emit(it_sessions, meeting_id, "meeting.end")
+    assert deliveries_by_status(it_engine) == {"pending": 10}
+    worker.start()
+    wait_or_show_logs(
+        worker,
+        lambda: deliveries_by_status(it_engine) == {"succeeded": 10},
+        60,
+        "the delivery sweep to send every pending delivery",
+    )
+    got = receiver.wait_for(10)
+    assert {request.headers["webhook-id"] for request in got} == message_ids(it_engine)
