@@ -6,10 +6,19 @@ import base64
 import hashlib
 import secrets
 
+# Access tokens start with a fixed prefix: secret scanners and log filters can recognise them,
+# and a token can never begin with "-", which a shell command line would take for an option.
+ACCESS_TOKEN_PREFIX = "mhat_"  # noqa: S105  (a prefix, not a secret)
+
 
 def new_token() -> str:
-    """Return an opaque bearer/presenter token with 256 random bits."""
+    """Return an opaque presenter token with 256 random bits."""
     return secrets.token_urlsafe(32)
+
+
+def new_access_token() -> str:
+    """Return an opaque bearer token with 256 random bits, under ACCESS_TOKEN_PREFIX."""
+    return ACCESS_TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
 def hash_token(token: str) -> str:

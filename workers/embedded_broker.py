@@ -9,13 +9,16 @@ transport hurt here, so `install()` makes `sqla+...` broker URLs load this subcl
   transaction, and every later publish or fetch on that channel fails too (CI saw a worker that
   never consumed).
 - Celery's blocking consumer loop asks the transport for messages up to 2 s at a time and only
-  looks for a shutdown request in between, twice on the way out: Ctrl-C took 5 s or more.
+  looks for a shutdown request in between, twice on the way out: Ctrl-C took 5 s or more. Our
+  transport waits in short steps and gives up early once the worker has been asked to stop.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+from celery.worker import state as worker_state
 from kombu import transport
 from kombu.transport import sqlalchemy as sqla_transport
 from sqlalchemy.exc import IntegrityError
@@ -23,8 +26,8 @@ from sqlalchemy.exc import IntegrityError
 URL_PREFIXES = ("sqla+", "sqlalchemy+")
 ALIASES = ("sqla", "sqlalchemy")
 TRANSPORT_PATH = "workers.embedded_broker:EmbeddedTransport"
-# How long one wait for messages may block, so that a stop request is seen at once.
-MAX_DRAIN_SECONDS = 0.25
+# How often a wait for messages looks for a stop request.
+STOP_CHECK_SECONDS = 0.25
 
 
 class RaceSafeChannel(sqla_transport.Channel):
@@ -50,10 +53,26 @@ class EmbeddedTransport(sqla_transport.Transport):
 
     # kombu's own base classes disagree on this signature; this is the virtual transport's.
     def drain_events(self, connection: Any, timeout: float | None = None) -> Any:  # type: ignore[override]
-        """Wait for messages as kombu does, but never longer than MAX_DRAIN_SECONDS at once."""
-        if timeout is not None:
-            timeout = min(timeout, MAX_DRAIN_SECONDS)
-        return super().drain_events(connection, timeout=timeout)  # type: ignore[no-untyped-call]
+        """Wait for a message as kombu does, but stop waiting once the worker is asked to stop."""
+        if timeout is None:
+            return super().drain_events(connection)  # type: ignore[no-untyped-call]
+        deadline = time.monotonic() + timeout
+        while True:
+            step = min(STOP_CHECK_SECONDS, max(0.0, deadline - time.monotonic()))
+            try:
+                return super().drain_events(connection, timeout=step)  # type: ignore[no-untyped-call]
+            except TimeoutError:
+                if time.monotonic() >= deadline or _stop_requested():
+                    raise
+
+
+def _stop_requested() -> bool:
+    # The flags Celery's signal handlers set, judged as its maybe_shutdown() does: by identity,
+    # because a warm shutdown sets should_stop to 0 (EX_OK), which equals False.
+    return any(
+        flag is not None and flag is not False
+        for flag in (worker_state.should_stop, worker_state.should_terminate)
+    )
 
 
 def is_embedded(broker_url: str) -> bool:

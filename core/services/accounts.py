@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from core.db import utcnow
 from core.errors import Conflict, NotFound, ValidationFailed
 from core.models import SCOPES, AccessToken, User
-from core.security import hash_token, new_signing_secret, new_token
+from core.security import hash_token, new_access_token, new_signing_secret
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -99,7 +99,7 @@ def create_token(
         raise ValidationFailed(
             f"label must be at most {MAX_LABEL_LENGTH} characters without control characters"
         )
-    token = new_token()
+    token = new_access_token()
     record = AccessToken(
         user_id=user.id, token_hash=hash_token(token), scopes=" ".join(scopes), label=label
     )

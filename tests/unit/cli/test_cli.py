@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
+import secrets
 from pathlib import Path
 
 import pytest
@@ -57,13 +59,17 @@ def test_duplicate_email_is_a_clear_error(
 
 
 def test_tokens_create_with_scope_and_revoke(
-    embedded: Path, capsys: pytest.CaptureFixture[str]
+    embedded: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # One random token in 64 began with "-", which the revoke command line took for an option.
+    dashed = (f"-rYa1NmOE4-9cDhqA2Wgft7VP8XvXp{n:02d}" for n in itertools.count())
+    monkeypatch.setattr(secrets, "token_urlsafe", lambda _n: next(dashed))
     _run_json(capsys, "users", "create", "--email", "a@example.com", "--name", "A", "--json")
     out = _run_json(
         capsys, "tokens", "create", "--email", "a@example.com", "--scope", "user_info", "--json"
     )
     assert out["scopes"] == ["user_info"]
+    assert str(out["accessToken"]).startswith("mhat_")
     assert main(["tokens", "revoke", str(out["accessToken"])]) == 0
     engine = sa.create_engine(f"sqlite:///{embedded}")
     with engine.connect() as conn:

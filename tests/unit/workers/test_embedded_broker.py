@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from celery.worker import state as worker_state
 from kombu import Connection
 from sqlalchemy import create_engine, event, text
 
@@ -63,13 +65,35 @@ def test_queue_created_by_another_process_meanwhile_is_used_and_the_channel_keep
         assert count.scalar() == 1
 
 
-def test_a_wait_for_messages_returns_soon_enough_to_see_a_stop_request(broker_url: str) -> None:
-    # Celery's consumer loop waits 2 s at a time and checks for Ctrl-C in between.
+def test_a_wait_for_messages_ends_soon_after_the_worker_is_asked_to_stop(
+    broker_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Celery's consumer loop waits 2 s at a time and looks for Ctrl-C only in between.
+    def warm_shutdown_requested() -> None:
+        monkeypatch.setattr(worker_state, "should_stop", 0)
+
     with connect(broker_url) as conn, conn.SimpleQueue("events"):
+        threading.Timer(0.2, warm_shutdown_requested).start()
         started = time.monotonic()
         with pytest.raises(socket.timeout):
             conn.drain_events(timeout=2.0)
         assert time.monotonic() - started < 1.0
+
+
+def test_without_a_stop_request_a_wait_lasts_as_long_as_asked(broker_url: str) -> None:
+    with connect(broker_url) as conn, conn.SimpleQueue("events"):
+        started = time.monotonic()
+        with pytest.raises(socket.timeout):
+            conn.drain_events(timeout=1.0)
+        assert time.monotonic() - started >= 1.0
+
+
+def test_a_message_arriving_during_a_long_wait_is_delivered(broker_url: str) -> None:
+    with connect(broker_url) as conn, conn.SimpleQueue("events") as queue:
+        threading.Timer(0.5, lambda: queue.put({"late": True})).start()
+        message = queue.get(timeout=3)
+        message.ack()
+    assert message.payload == {"late": True}
 
 
 def test_celery_apps_use_the_embedded_transport(broker_url: str, settings: Settings) -> None:
