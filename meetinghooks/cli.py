@@ -175,10 +175,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings()
     migrate.upgrade(settings.database_url)
     env = _with_shared_metrics()  # the worker's counters then show on the receiver's /metrics
+    # Each child in a session of its own: a Ctrl-C reaches only us, and each child then gets
+    # exactly one SIGTERM. (Had the terminal's SIGINT reached them too, gunicorn could take our
+    # SIGTERM, arriving during its quick shutdown, as a request for a graceful one.)
     children = [
-        subprocess.Popen(_worker_argv(["--concurrency", "2"]), env=env),
-        subprocess.Popen(_beat_argv([]), env=env),
-        subprocess.Popen(_gunicorn_argv(settings), env=env),
+        subprocess.Popen(argv, env=env, start_new_session=True)
+        for argv in (
+            _worker_argv(["--concurrency", "2"]),
+            _beat_argv([]),
+            _gunicorn_argv(settings),
+        )
     ]
     mode = "embedded (SQLite + SQLAlchemy broker under ./var)" if settings.embedded else "external"
     print(
@@ -195,8 +201,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         nonlocal stopping
         stopping = True
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: terminal closed
+        signal.signal(signum, stop)
     try:
         while not stopping and all(child.poll() is None for child in children):
             time.sleep(0.2)
