@@ -21,6 +21,7 @@ EVENTS_QUEUE = "events"
 DELIVERIES_QUEUE = "deliveries"
 # Well above every task's time_limit, so Redis never re-delivers a task that is still running.
 VISIBILITY_TIMEOUT = 3600
+EMBEDDED_PREFETCH_MULTIPLIER = 8
 
 
 class DbTask(Task):  # type: ignore[misc]
@@ -58,6 +59,9 @@ def make_celery(settings: Settings) -> Celery:
     DbTask.settings = settings
     DbTask._session_factory = None
     transport_options: dict[str, Any] = {"visibility_timeout": VISIBILITY_TIMEOUT}
+    # One message per pool process at a time keeps work fair across workers on Redis/RabbitMQ,
+    # which hand over the next message the moment one is acked.
+    prefetch_multiplier = 1
     if settings.broker_key_prefix and settings.broker_url.startswith(("redis", "rediss")):
         transport_options["global_keyprefix"] = settings.broker_key_prefix
     if embedded_broker.is_embedded(settings.broker_url):
@@ -65,6 +69,10 @@ def make_celery(settings: Settings) -> Celery:
         # This transport hands its options to create_engine(): wait for SQLite's lock
         # instead of failing when receiver, worker and beat write at once.
         transport_options = {"connect_args": {"timeout": 30}}
+        # This transport is polled: once a worker holds all it may, it sleeps a polling interval
+        # before it looks again, so one message per process capped it at 20 events/s. There is
+        # one worker in the embedded mode, and a message it dies holding is re-sent by the sweep.
+        prefetch_multiplier = EMBEDDED_PREFETCH_MULTIPLIER
     app = Celery("meetinghooks", broker=settings.broker_url, task_cls=DbTask)
     app.conf.update(
         task_serializer="json",
@@ -72,7 +80,7 @@ def make_celery(settings: Settings) -> Celery:
         result_serializer="json",
         task_ignore_result=True,
         task_acks_late=True,
-        worker_prefetch_multiplier=1,
+        worker_prefetch_multiplier=prefetch_multiplier,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
         # Keep reconnecting through a broker outage of any length; the database holds the work.

@@ -219,7 +219,8 @@ def test_deliveries_whose_wake_up_messages_were_lost_are_sent_by_the_sweep(
 ) -> None:
     user_id, _ = make_user(it_sessions)
     # Events applied and their outbox rows written, but no message ever reached the broker:
-    # as if the broker lost them, or the process died right after its commit.
+    # as if the broker lost them, or the process died right after its commit. The rows say a
+    # wake-up was sent, so the sweep re-sends once nothing came of it for a lease (14 s here).
     for _ in range(10):
         meeting_id = make_meeting_with_hooks(it_sessions, user_id, {"meeting.end": receiver.url()})
         emit(it_sessions, meeting_id, "meeting.end")
