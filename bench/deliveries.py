@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import statistics
 import sys
 import tempfile
 import threading
@@ -26,6 +25,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.ingest import percentiles, report  # noqa: E402
 from core import migrate  # noqa: E402
 from core.config import Settings  # noqa: E402
 from core.db import make_engine, make_session_factory  # noqa: E402
@@ -48,15 +48,6 @@ class Receiver(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:
         return
-
-
-def percentiles(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    return {
-        "p50": statistics.median(ordered),
-        "p95": ordered[int(len(ordered) * 0.95) - 1],
-        "max": ordered[-1],
-    }
 
 
 def seed_deliveries(settings: Settings, url: str, count: int) -> tuple[list[int], str]:
@@ -136,8 +127,8 @@ def main() -> None:
 
     b, m = percentiles(baseline), percentiles(measured)
     print(f"backend: {settings.database_url.split(':')[0]}, {args.callbacks} callbacks, sequential")
-    print(f"plain POST      p50 {b['p50']:.2f} ms  p95 {b['p95']:.2f} ms  max {b['max']:.2f} ms")
-    print(f"run_delivery    p50 {m['p50']:.2f} ms  p95 {m['p95']:.2f} ms  max {m['max']:.2f} ms")
+    report("plain POST", b)
+    report("run_delivery", m)
     print(f"ratio delivery/plain: p50 x{m['p50'] / b['p50']:.1f}  p95 x{m['p95'] / b['p95']:.1f}")
     print(f"one worker process: {args.callbacks / run_seconds:.0f} callbacks/s")
 

@@ -195,12 +195,8 @@ def main() -> None:
 
         b, i = percentiles(baseline), percentiles(ingest)
         print(f"backend: {database_url.split(':')[0]}, {args.requests} requests each, sequential")
-        print(
-            f"GET  /healthz   p50 {b['p50']:.2f} ms  p95 {b['p95']:.2f} ms  max {b['max']:.2f} ms"
-        )
-        print(
-            f"POST /v1/events p50 {i['p50']:.2f} ms  p95 {i['p95']:.2f} ms  max {i['max']:.2f} ms"
-        )
+        report("GET  /healthz", b)
+        report("POST /v1/events", i)
         print(
             f"ratio ingest/healthz: p50 x{i['p50'] / b['p50']:.1f}  p95 x{i['p95'] / b['p95']:.1f}"
         )

@@ -245,10 +245,16 @@ class TestReadListChangeDelete:
 class TestStartScheduled:
     @pytest.mark.parametrize(
         "kwargs",
-        [{}, {"data": b"", "content_type": "application/json"}, {"json": {}}],
-        ids=["absent", "empty", "empty-object"],
+        [
+            {},
+            {"data": b"", "content_type": "application/json"},
+            {"json": {}},
+            {"data": {}, "content_type": "application/x-www-form-urlencoded"},
+            {"data": {"viewerMode": "headless"}},
+        ],
+        ids=["absent", "empty", "empty-object", "empty-form", "form"],
     )
-    def test_body_may_be_absent_empty_or_empty_object(
+    def test_body_may_be_absent_empty_an_empty_object_or_a_form(
         self, client: FlaskClient, account: Account, kwargs: dict[str, Any]
     ) -> None:
         meeting = schedule(client, account).get_json()
@@ -326,24 +332,6 @@ class TestStartScheduled:
         )
         assert again.status_code == 200
         assert again.get_json()["startedAt"] == used.get_json()["startedAt"]
-
-    @pytest.mark.parametrize(
-        "kwargs",
-        [
-            {"data": {}, "content_type": "application/x-www-form-urlencoded"},
-            {"data": {"viewerMode": "headless"}},
-        ],
-        ids=["empty-form", "form"],
-    )
-    def test_form_encoded_scheduled_start(
-        self, client: FlaskClient, account: Account, kwargs: dict[str, Any]
-    ) -> None:
-        meeting = schedule(client, account).get_json()
-        response = client.post(
-            f"/v1/meetings/{meeting['meetingId']}/start", headers=account.headers, **kwargs
-        )
-        assert response.status_code == 200
-        assert response.get_json()["meetingId"] == meeting["meetingId"]
 
     def test_viewer_options_on_scheduled_start(self, client: FlaskClient, account: Account) -> None:
         meeting = schedule(client, account, startWithPersonalUrl=True).get_json()

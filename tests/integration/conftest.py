@@ -27,6 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
+import requests
 import sqlalchemy as sa
 from flask import Flask
 from redis.exceptions import RedisError
@@ -81,6 +82,14 @@ def hold_database_down(database_url: str, seconds: float) -> int:
                 time.sleep(0.1)
     engine.dispose()
     return terminated
+
+
+def answers_ok(url: str) -> bool:
+    """Whether `url` answers 200 now; not listening, or booting too slowly to answer, is False."""
+    try:
+        return requests.get(url, timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
 
 
 def free_port() -> int:

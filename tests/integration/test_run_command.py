@@ -10,18 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-import requests
 
-from tests.integration.conftest import free_port, wait_until
+from tests.integration.conftest import answers_ok, free_port, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-def _answers(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=1).status_code == 200
-    except requests.RequestException:  # not up yet, or booting too slowly to answer
-        return False
 
 
 def _alive(pid: int) -> bool:
@@ -61,7 +53,7 @@ def test_ctrl_c_stops_receiver_worker_and_beat_quickly_and_leaves_nothing_behind
         cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
-        wait_until(lambda: _answers(f"http://127.0.0.1:{port}/healthz"), 60, "make run to serve")
+        wait_until(lambda: answers_ok(f"http://127.0.0.1:{port}/healthz"), 60, "make run to serve")
         started = _descendants(run.pid)
         wait_until(lambda: "ready." in (tmp_path / "run.log").read_text(), 60, "the worker")
         os.killpg(run.pid, signal.SIGINT)  # what the terminal sends to its foreground group

@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from tests.conftest import INGEST_SECRET
-from tests.integration.conftest import free_port, wait_until
+from tests.integration.conftest import answers_ok, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +42,7 @@ def served(tmp_path: Path) -> Iterator[str]:
     server = subprocess.Popen([*cli, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: _answers(f"{base}/healthz"), 30, "the receiver to listen")
+        wait_until(lambda: answers_ok(f"{base}/healthz"), 30, "the receiver to listen")
         yield base
     finally:
         server.terminate()
@@ -52,13 +52,6 @@ def served(tmp_path: Path) -> Iterator[str]:
             server.kill()
             server.wait()
         log.close()
-
-
-def _answers(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=1).status_code == 200
-    except requests.RequestException:  # not up yet, or booting too slowly to answer
-        return False
 
 
 def test_metrics_add_up_every_receiver_process(served: str) -> None:

@@ -25,10 +25,6 @@ def broker_url(tmp_path: Path) -> str:
     return f"sqla+sqlite:///{tmp_path / 'broker.sqlite3'}"
 
 
-def connect(broker_url: str) -> Connection:
-    return Connection(broker_url)
-
-
 def insert_queue_first_from_another_connection(channel: RaceSafeChannel, name: str) -> None:
     """Make another connection insert queue `name` just before this channel's own INSERT."""
     engine = channel.session.get_bind()
@@ -47,7 +43,7 @@ def insert_queue_first_from_another_connection(channel: RaceSafeChannel, name: s
 def test_queue_created_by_another_process_meanwhile_is_used_and_the_channel_keeps_working(
     broker_url: str,
 ) -> None:
-    with connect(broker_url) as conn:
+    with Connection(broker_url) as conn:
         channel = conn.default_channel
         assert isinstance(channel, RaceSafeChannel)
         insert_queue_first_from_another_connection(channel, "events")
@@ -72,7 +68,7 @@ def test_a_wait_for_messages_ends_soon_after_the_worker_is_asked_to_stop(
     def warm_shutdown_requested() -> None:
         monkeypatch.setattr(worker_state, "should_stop", 0)
 
-    with connect(broker_url) as conn, conn.SimpleQueue("events"):
+    with Connection(broker_url) as conn, conn.SimpleQueue("events"):
         threading.Timer(0.2, warm_shutdown_requested).start()
         started = time.monotonic()
         with pytest.raises(socket.timeout):
@@ -81,7 +77,7 @@ def test_a_wait_for_messages_ends_soon_after_the_worker_is_asked_to_stop(
 
 
 def test_without_a_stop_request_a_wait_lasts_as_long_as_asked(broker_url: str) -> None:
-    with connect(broker_url) as conn, conn.SimpleQueue("events"):
+    with Connection(broker_url) as conn, conn.SimpleQueue("events"):
         started = time.monotonic()
         with pytest.raises(socket.timeout):
             conn.drain_events(timeout=1.0)
@@ -89,7 +85,7 @@ def test_without_a_stop_request_a_wait_lasts_as_long_as_asked(broker_url: str) -
 
 
 def test_a_message_arriving_during_a_long_wait_is_delivered(broker_url: str) -> None:
-    with connect(broker_url) as conn, conn.SimpleQueue("events") as queue:
+    with Connection(broker_url) as conn, conn.SimpleQueue("events") as queue:
         threading.Timer(0.5, lambda: queue.put({"late": True})).start()
         message = queue.get(timeout=3)
         message.ack()
