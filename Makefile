@@ -4,15 +4,29 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint install clean bench
+LOCK := requirements.lock
 
-$(STAMP): pyproject.toml
+.PHONY: run test lint install lock clean bench
+
+# Exact versions from the lock: pip takes it as constraints (-c), so it pins what the
+# dependencies pull in and installs nothing by itself.
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c $(LOCK) -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Re-resolve every dependency (dev extras included) to the newest versions pyproject.toml
+# allows, for the platform production runs on; then `make install` applies the new lock.
+lock: $(STAMP)
+	{ echo "# Exact versions of every dependency of meetinghooks, dev extras included."; \
+	  echo "# Compiled for CPython 3.11 on x86_64 Linux by \`make lock\` (uv pip compile)."; \
+	  echo "# Use as pip constraints: pip install -c requirements.lock ."; \
+	  $(BIN)/uv pip compile pyproject.toml --extra dev --no-header --quiet \
+	    --python-version 3.11 --python-platform x86_64-unknown-linux-gnu; } > $(LOCK).tmp
+	if cmp -s $(LOCK).tmp $(LOCK); then rm $(LOCK).tmp; else mv $(LOCK).tmp $(LOCK); fi
 
 run: install
 	$(BIN)/meetinghooks run
@@ -22,11 +36,12 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-# The suite runs on SQLite always, and again on PostgreSQL when TEST_DATABASE_URL names one.
+# The suite runs on SQLite always, and again on PostgreSQL when TEST_DATABASE_URL names one;
+# the production tests (a clean install against PostgreSQL and the brokers) run in that pass only.
 test: lint
-	env -u TEST_DATABASE_URL $(BIN)/pytest
+	env -u TEST_DATABASE_URL $(BIN)/pytest -m "not production"
 	@if [ -n "$$TEST_DATABASE_URL" ]; then \
-		echo "== again on $$TEST_DATABASE_URL"; \
+		echo "== again on $$TEST_DATABASE_URL, with the production tests"; \
 		$(BIN)/pytest; \
 	fi
 
