@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import context
 
@@ -31,6 +33,14 @@ def run_migrations_online() -> None:
     """Migrate the live database, under an advisory lock on PostgreSQL."""
     url = _url()
     engine = make_engine(url, poolclass=sa.pool.NullPool)
+    if is_sqlite(url):
+        # Batch mode rebuilds a table (copy, DROP, rename); with foreign keys on, the DROP
+        # would cascade to every row that references the table. The pragma is ignored inside
+        # a transaction, so it is set as the connection opens (after make_engine's own ON).
+        @sa.event.listens_for(engine, "connect")
+        def _foreign_keys_off(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.execute("PRAGMA foreign_keys=OFF")
+
     with engine.connect() as connection:
         if not is_sqlite(url):
             connection.exec_driver_sql("SET lock_timeout = '4s'")
@@ -45,6 +55,11 @@ def run_migrations_online() -> None:
             render_as_batch=is_sqlite(url),
         )
         context.run_migrations()
+        if is_sqlite(url):
+            broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+            connection.commit()
+            if broken:
+                raise RuntimeError(f"the migration left rows with broken foreign keys: {broken}")
         if not is_sqlite(url):
             connection.exec_driver_sql(f"SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})")
             connection.commit()

@@ -59,7 +59,10 @@ class Delivery(Base):
 
     __tablename__ = "deliveries"
     __table_args__ = (
-        sa.UniqueConstraint("event_id", "webhook_id"),
+        # One callback per event, webhook and meeting state: an event whose callback must be
+        # sent again with corrected values (a late start changes the end's duration) gets a
+        # new delivery, with a new `webhook-id`, at the meeting's new sequence.
+        sa.UniqueConstraint("event_id", "webhook_id", "meeting_sequence"),
         sa.Index("ix_deliveries_due", "status", "next_attempt_at"),
         sa.Index("ix_deliveries_user_created", "user_id", "id"),
         sa.CheckConstraint("status IN ('pending', 'succeeded', 'failed')", name="status"),
@@ -77,6 +80,9 @@ class Delivery(Base):
         sa.ForeignKey("meetings.id", ondelete="CASCADE"), index=True
     )
     event_type: Mapped[str] = mapped_column(sa.String(32))
+    # The meeting's event sequence the body carries (`data.sequence`); the server default
+    # serves the release before 0002, which does not know the column.
+    meeting_sequence: Mapped[int] = mapped_column(server_default=sa.text("0"))
     callback_url: Mapped[str] = mapped_column(sa.String(2048))
     # The exact body bytes, fixed when the delivery is created, so every retry is identical.
     body: Mapped[str] = mapped_column(sa.Text)
@@ -88,6 +94,9 @@ class Delivery(Base):
     # When the sweep last sent a wake-up for it, so a due delivery is not re-enqueued on every
     # sweep while its message waits in the queue.
     last_enqueued_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # Wake-ups the sweep re-sent since the delivery became due and nothing came of them:
+    # each doubles the wait before the next one, as the inbox sweep does.
+    enqueue_count: Mapped[int] = mapped_column(default=0, server_default=sa.text("0"))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     completed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())

@@ -8,20 +8,13 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 
 from core.models import Event
+from core.services import backoff
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
 # However often an event was re-sent, it is tried again at least this often.
 MAX_RESEND_WAIT = dt.timedelta(minutes=5)
-
-
-def resend_waits(older_than: dt.timedelta) -> list[dt.timedelta]:
-    """Return the wait before re-send k+1 (k = re-sends so far): doubling, capped."""
-    waits = [older_than]
-    while waits[-1] < MAX_RESEND_WAIT:
-        waits.append(min(waits[-1] * 2, MAX_RESEND_WAIT))
-    return waits
 
 
 def stale_unprocessed(
@@ -35,14 +28,8 @@ def stale_unprocessed(
     flooded with copies and an event that keeps failing cannot keep a worker busy.
     """
     last_try = sa.func.coalesce(Event.last_enqueued_at, Event.received_at)
-    waits = resend_waits(older_than)
-    # One bound cutoff per re-send count: portable SQL, no date arithmetic in the database.
-    due = sa.or_(
-        *(
-            sa.and_(Event.enqueue_count == count, last_try <= now - wait)
-            for count, wait in enumerate(waits[:-1])
-        ),
-        sa.and_(Event.enqueue_count >= len(waits) - 1, last_try <= now - waits[-1]),
+    due = backoff.resend_due(
+        Event.enqueue_count, last_try, now=now, first=older_than, cap=MAX_RESEND_WAIT
     )
     return list(
         session.scalars(

@@ -307,6 +307,7 @@ class TestGone:
                 user_id=account.id,
                 meeting_id=first.meeting_id,
                 event_type="meeting.start",
+                meeting_sequence=1,
                 callback_url=HOOK,
                 body="{}",
                 next_attempt_at=utcnow() + dt.timedelta(hours=2),
