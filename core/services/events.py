@@ -148,50 +148,79 @@ def apply_event(session: Session, event_id: int, *, now: dt.datetime | None = No
         event.processed_at = now
         return Applied(outcome=event.outcome)
 
-    # Every processed event of the meeting plus this one, whatever each one's outcome was:
-    # the meeting is a function of the set of its events, never of their arrival order.
-    history = session.execute(
-        sa.select(Event.id, Event.type, Event.occurred_at).where(
+    # Every processed event of the meeting, whatever each one's outcome was: the meeting is a
+    # function of the set of its events, never of their arrival order.
+    others = session.scalars(
+        sa.select(Event).where(
             Event.meeting_id == meeting.id,
-            sa.or_(Event.processed_at.is_not(None), Event.id == event.id),
+            Event.processed_at.is_not(None),
+            Event.id != event.id,
         )
     ).all()
-    timeline = fold([Happened(id=id_, type=type_, at=at) for id_, type_, at in history])
-    before = (meeting.status, meeting.started_at, meeting.ended_at)
-    after = (timeline.status, timeline.started_at, timeline.ended_at)
-    outcome = timeline.roles[event.id]
-    if outcome == "applied" and after == before:
-        outcome = "duplicate"  # the same instant as an event applied before it
-    event.outcome = outcome
+    known = [
+        Happened(id=e.id, type=e.type, at=e.occurred_at, was_applied=e.outcome == "applied")
+        for e in others
+    ]
+    before = fold(known)
+    after = fold([*known, Happened(id=event.id, type=event.type, at=event.occurred_at)])
+    # Outcomes follow the fold of the whole set, so the same events end with the same outcomes
+    # whatever order they came in (an end filed out of order ends the meeting once an earlier
+    # start arrives).
+    for other in others:
+        other.outcome = after.roles[other.id]
+    event.outcome = after.roles[event.id]
     event.processed_at = now
-    if outcome != "applied":
-        return Applied(outcome=outcome)
-    meeting.status, meeting.started_at, meeting.ended_at = after
-    meeting.duration_seconds = timeline.duration_seconds
-    meeting.event_sequence += 1
-    session.flush()
-    return Applied(
-        outcome=outcome, delivery_ids=deliveries.create_for_event(session, event, meeting, now=now)
+    by_id = {e.id: e for e in (*others, event)}
+
+    # What each callback type carries, as the meeting stands now and as the new set tells it.
+    start_was = (before.start_id, meeting.started_at)
+    end_was = (before.end_id, meeting.started_at, meeting.ended_at, meeting.duration_seconds)
+    start_is = (after.start_id, after.started_at)
+    end_is = (after.end_id, after.started_at, after.ended_at, after.duration_seconds)
+    meeting.status, meeting.started_at, meeting.ended_at = (
+        after.status,
+        after.started_at,
+        after.ended_at,
     )
+    meeting.duration_seconds = after.duration_seconds
+    delivery_ids: list[int] = []
+    for defining_id, was, is_ in (
+        (after.start_id, start_was, start_is),
+        (after.end_id, end_was, end_is),
+    ):
+        if defining_id is None or was == is_:
+            continue
+        # One sequence number per batch: a correction is numbered after what it corrects.
+        meeting.event_sequence += 1
+        session.flush()
+        delivery_ids += deliveries.create_for_event(session, by_id[defining_id], meeting, now=now)
+    return Applied(outcome=event.outcome, delivery_ids=delivery_ids)
 
 
 @dataclass(frozen=True)
 class Happened:
-    """One event as the fold sees it: what happened, when, and its id (the tie-breaker)."""
+    """One event as the fold sees it: what happened, when, its id, and whether it was applied.
+
+    Among events at the same instant the one applied before keeps its place, then the lower id
+    wins: a second report of the same instant stays a duplicate.
+    """
 
     id: int
     type: str
     at: dt.datetime
+    was_applied: bool = False
 
 
 @dataclass(frozen=True)
 class Timeline:
-    """A meeting's state as its events tell it, and each event's part in it."""
+    """A meeting's state as its events tell it, the events that define it, and each one's part."""
 
     status: str
     started_at: dt.datetime | None
     ended_at: dt.datetime | None
     roles: dict[int, str]
+    start_id: int | None = None
+    end_id: int | None = None
 
     @property
     def duration_seconds(self) -> int | None:
@@ -204,33 +233,44 @@ class Timeline:
 def fold(happened: Sequence[Happened]) -> Timeline:
     """Tell a meeting's state from its events, by event time, whatever order they came in.
 
-    The first start starts the meeting; the first end at or after it ends it. An end with no
-    start before it still ends the meeting (ended is final) and leaves `startedAt` unknown;
-    then every start is out of order. Roles: `applied` for the start and the end that define
-    the meeting, `out-of-order` for an end before that start or a start after that end,
+    The earliest start starts the meeting; the earliest end at or after it ends it. When every
+    end precedes the start the meeting still ended (ended is final) and keeps its start: the
+    latest of those ends defines it, its time clamped to the start (clock skew), duration 0.
+    With no start, the earliest end ends it and `startedAt` stays unknown. Roles: `applied`
+    for the start and the end that define the meeting, `out-of-order` for a start after the
+    end or an end before the start when an end after the start defines the meeting,
     `duplicate` for every other start or end.
     """
-    ordered = sorted(happened, key=lambda h: (h.at, h.id))
+    ordered = sorted(happened, key=lambda h: (h.at, not h.was_applied, h.id))
     starts = [h for h in ordered if h.type == START]
     ends = [h for h in ordered if h.type == END]
     start = starts[0] if starts else None
     end = next((h for h in ends if start is None or h.at >= start.at), None)
-    if end is None and ends:
-        end = ends[0]  # every end precedes every start: the meeting ended, start unknown
-    if start is not None and end is not None and start.at > end.at:
-        start = None
+    skewed = end is None and bool(ends)
+    if skewed:
+        # Every end precedes every start: the latest of them, the one nearest the start.
+        end = next(h for h in ends if h.at == ends[-1].at)
+    started_at = start.at if start is not None else None
+    ended_at = None
+    if end is not None:
+        ended_at = end.at if started_at is None else max(end.at, started_at)
     roles: dict[int, str] = {}
     for h in ordered:
         if h is start or h is end:
             roles[h.id] = "applied"
         elif h.type == START:
-            roles[h.id] = "out-of-order" if end is not None and h.at > end.at else "duplicate"
+            roles[h.id] = (
+                "out-of-order" if ended_at is not None and h.at > ended_at else "duplicate"
+            )
         else:
-            roles[h.id] = "out-of-order" if start is not None and h.at < start.at else "duplicate"
+            early = started_at is not None and h.at < started_at and not skewed
+            roles[h.id] = "out-of-order" if early else "duplicate"
     status = "ended" if end is not None else "started" if start is not None else "scheduled"
     return Timeline(
         status=status,
-        started_at=start.at if start is not None else None,
-        ended_at=end.at if end is not None else None,
+        started_at=started_at,
+        ended_at=ended_at,
         roles=roles,
+        start_id=start.id if start is not None else None,
+        end_id=end.id if end is not None else None,
     )

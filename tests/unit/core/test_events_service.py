@@ -278,9 +278,58 @@ class TestApplyEvent:
     ) -> None:
         deliver_event(session_factory, meeting_id, START, at(10))
         end = deliver_event(session_factory, meeting_id, END, at(5))
-        # Ended is final, and a duration of -5 minutes would be a lie: the start is unknown.
+        # Ended is final and the known start stays; the platform's clocks disagree, so the end
+        # is taken at the start, as the end call does: no negative duration.
         assert end.outcome == "applied"
-        assert state(session_factory, meeting_id) == ("ended", None, at(5), None)
+        assert len(end.delivery_ids) == 1
+        assert state(session_factory, meeting_id) == ("ended", at(10), at(10), 0)
+
+    def test_end_first_then_its_late_start_sends_both_callbacks(
+        self, session_factory: sessionmaker[Session], meeting_id: int
+    ) -> None:
+        deliver_event(session_factory, meeting_id, END, at(5))
+        start = deliver_event(session_factory, meeting_id, START, at(10))
+        # The start is applied, and the end's callback is sent again with the values it now has.
+        assert start.outcome == "applied"
+        assert len(start.delivery_ids) == 2
+        assert state(session_factory, meeting_id) == ("ended", at(10), at(10), 0)
+        later = deliver_event(session_factory, meeting_id, END, at(30))
+        assert later.outcome == "applied"
+        assert state(session_factory, meeting_id) == ("ended", at(10), at(30), 1200)
+        assert outcomes(session_factory) == ["out-of-order", "applied", "applied"]
+        with session_factory() as session:
+            sent = session.execute(
+                sa.select(Delivery.event_type, Delivery.meeting_sequence, Delivery.body).order_by(
+                    Delivery.id
+                )
+            ).all()
+        assert [(type_, sequence) for type_, sequence, _ in sent] == [
+            (END, 1), (START, 2), (END, 3), (END, 4),
+        ]  # fmt: skip
+        last_end = json.loads(sent[-1].body)
+        assert last_end["timestamp"] == "2026-11-24T10:30:00Z"
+        assert last_end["data"]["durationSeconds"] == 1200
+
+    def test_an_earlier_start_corrects_both_callbacks(
+        self, session_factory: sessionmaker[Session], meeting_id: int
+    ) -> None:
+        deliver_event(session_factory, meeting_id, START, at(10))
+        deliver_event(session_factory, meeting_id, END, at(30))
+        earlier = deliver_event(session_factory, meeting_id, START, at(5))
+        assert earlier.outcome == "applied"
+        assert len(earlier.delivery_ids) == 2
+        assert outcomes(session_factory) == ["duplicate", "applied", "applied"]
+        with session_factory() as session:
+            bodies = [
+                json.loads(body)
+                for body in session.scalars(
+                    sa.select(Delivery.body).where(Delivery.id.in_(earlier.delivery_ids))
+                )
+            ]
+        assert sorted(
+            (b["data"]["sequence"], b["type"], b["data"]["startedAt"], b["data"]["durationSeconds"])
+            for b in bodies
+        ) == [(3, START, "2026-11-24T10:05:00Z", 1500), (4, END, "2026-11-24T10:05:00Z", 1500)]
 
     def test_end_before_its_start_is_out_of_order_once_a_real_end_is_known(
         self, session_factory: sessionmaker[Session], meeting_id: int
@@ -386,8 +435,18 @@ class TestFold:
              ["applied", "applied", "duplicate"]),
             ([h(1, START, 0), h(2, END, 30), h(3, START, 40)], ("ended", at(0), at(30), 1800),
              ["applied", "applied", "out-of-order"]),
-            ([h(1, START, 10), h(2, END, 5)], ("ended", None, at(5), None),
-             ["out-of-order", "applied"]),
+            ([h(1, START, 10), h(2, END, 5)], ("ended", at(10), at(10), 0),
+             ["applied", "applied"]),
+            ([h(1, START, 10), h(2, END, 5), h(3, END, 7)], ("ended", at(10), at(10), 0),
+             ["applied", "duplicate", "applied"]),
+            ([h(1, START, 10), h(2, START, 20), h(3, END, 5)], ("ended", at(10), at(10), 0),
+             ["applied", "out-of-order", "applied"]),
+            ([h(1, END, 5), h(2, END, 30)], ("ended", None, at(5), None),
+             ["applied", "duplicate"]),
+            ([h(1, START, 10), h(2, END, 30), h(3, START, 5)], ("ended", at(5), at(30), 1500),
+             ["duplicate", "applied", "applied"]),
+            ([h(1, START, 0), h(2, END, 30), h(3, END, -5), h(4, START, -10)],
+             ("ended", at(-10), at(-5), 300), ["out-of-order", "duplicate", "applied", "applied"]),
             ([h(1, START, 10), h(2, END, 5), h(3, END, 30)], ("ended", at(10), at(30), 1200),
              ["applied", "out-of-order", "applied"]),
             ([h(1, START, 10), h(2, END, 10)], ("ended", at(10), at(10), 0),
@@ -402,6 +461,15 @@ class TestFold:
         timeline = events.fold(happened)
         assert timeline_state(timeline) == expected
         assert [timeline.roles[x.id] for x in happened] == roles
+
+    def test_at_the_same_instant_the_event_applied_before_keeps_its_place(self) -> None:
+        start = h(1, START, 10)
+        first = Happened(id=3, type=END, at=at(30), was_applied=True)
+        second = Happened(id=2, type=END, at=at(30))
+        timeline = events.fold([start, first, second])
+        assert (timeline.end_id, timeline.roles[2]) == (3, "duplicate")
+        # Neither applied before: the lower id wins.
+        assert events.fold([start, h(3, END, 30), h(2, END, 30)]).end_id == 2
 
     def test_duration_truncates_to_whole_seconds(self) -> None:
         start = Happened(id=1, type=START, at=T0)
@@ -485,14 +553,12 @@ def test_every_arrival_order_gives_the_same_meeting(
         with session_factory() as session:
             meeting = session.get(Meeting, meeting_id)
             assert meeting is not None
-            # One callback per event that changed the meeting, numbered in that order.
-            assert meeting.event_sequence == applied
-            assert (
-                session.scalar(
-                    sa.select(sa.func.count())
-                    .select_from(Delivery)
-                    .where(Delivery.meeting_id == meeting_id)
-                )
-                == applied
-            )
+            # One webhook per type: one callback per batch, each batch numbered after the last.
+            sequences = session.scalars(
+                sa.select(Delivery.meeting_sequence)
+                .where(Delivery.meeting_id == meeting_id)
+                .order_by(Delivery.id)
+            ).all()
+            assert sequences == list(range(1, meeting.event_sequence + 1))
+            assert len(sequences) >= applied
     assert finals == {expected}

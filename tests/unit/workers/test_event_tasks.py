@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.config import Settings
 from core.models import Delivery, Event, Meeting, Webhook
 from core.security import new_public_id
-from core.services import events, inbox
+from core.services import backoff, events, inbox
 from tests.conftest import Account
 from workers.celery_app import DELIVERIES_QUEUE, EVENTS_QUEUE, DbTask, make_celery
 from workers.tasks import events as event_tasks
@@ -280,10 +280,9 @@ class TestSweepInbox:
         meeting_with_hook: int,
     ) -> None:
         wait = settings.inbox_sweep_after_seconds
-        assert inbox.resend_waits(dt.timedelta(seconds=5))[:4] == [
-            dt.timedelta(seconds=s) for s in (5, 10, 20, 40)
-        ]
-        assert inbox.resend_waits(dt.timedelta(seconds=5))[-1] == inbox.MAX_RESEND_WAIT
+        waits = backoff.resend_waits(dt.timedelta(seconds=5), inbox.MAX_RESEND_WAIT)
+        assert waits[:4] == [dt.timedelta(seconds=s) for s in (5, 10, 20, 40)]
+        assert waits[-1] == inbox.MAX_RESEND_WAIT
         due_once = record(
             session_factory, meeting_with_hook, age=600, resent=1, last_resent_age=wait * 2 + 1
         )
