@@ -49,6 +49,10 @@ class Settings(BaseModel):
     # Where `meetinghooks worker` serves its Prometheus metrics (none: not served).
     worker_metrics_port: Annotated[int, Field(ge=1, le=65535)] | None = None
     worker_metrics_host: str = "127.0.0.1"
+    # Pools of `meetinghooks worker`: events in processes (CPU and the database), deliveries in
+    # threads (they mostly wait on receivers, up to twice CALLBACK_TIMEOUT_SECONDS each).
+    event_concurrency: Annotated[int, Field(ge=1, le=64)] = 2
+    delivery_concurrency: Annotated[int, Field(ge=1, le=1000)] = 32
     embedded: bool = False
     log_level: str = "INFO"
 
@@ -110,6 +114,8 @@ class Settings(BaseModel):
             "BROKER_KEY_PREFIX": "broker_key_prefix",
             "WORKER_METRICS_PORT": "worker_metrics_port",
             "WORKER_METRICS_HOST": "worker_metrics_host",
+            "EVENT_CONCURRENCY": "event_concurrency",
+            "DELIVERY_CONCURRENCY": "delivery_concurrency",
             "LOG_LEVEL": "log_level",
         }
         for name, field in simple.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -13,6 +14,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
 from core import migrate
 from core.config import Settings
@@ -125,8 +128,75 @@ def _celery_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "workers.main", *args]
 
 
-def _worker_argv(extra: Sequence[str]) -> list[str]:
-    return _celery_argv("worker", "-Q", "events,deliveries", "-l", "INFO", *extra)
+# The two queues of workers.celery_app, each served by a pool of its own: a slow callback
+# must never hold up event processing. The sweeps go to the events queue.
+EVENTS, DELIVERIES = "events", "deliveries"
+POOLS = (EVENTS, DELIVERIES)
+# `meetinghooks run` gives a worker's children this long after their SIGTERM.
+RUN_STOP_SECONDS = 10.0
+# Two-pool form: options that configure one pool go to the events pool (beat, embedded with
+# -B, must run once); these cannot be shared at all.
+_EVENTS_POOL_FLAGS = ("-B", "--beat")
+_EVENTS_POOL_OPTIONS = ("-c", "--concurrency", "-s", "--schedule", "--schedule-filename")
+_NAME_OPTIONS = ("-n", "--hostname")
+_ONE_POOL_OPTIONS = ("-Q", "--queues", "-X", "--exclude-queues", "-P", "--pool", "--autoscale")
+
+
+def _pool_argv(pool: str, settings: Settings, extra: Sequence[str]) -> list[str]:
+    """Return the celery command of one pool; `extra` comes last, so that it wins."""
+    if pool == EVENTS:
+        own = ["-P", "prefork", "--concurrency", str(settings.event_concurrency)]
+    else:
+        # Deliveries mostly wait on receivers: threads hold many attempts at once. The threads
+        # pool enforces no time limits; the attempt deadline (core.http_deadline) bounds them.
+        own = ["-P", "threads", "--concurrency", str(settings.delivery_concurrency)]
+    return _celery_argv("worker", "-Q", pool, *own, "-n", f"{pool}@%h", "-l", "INFO", *extra)
+
+
+def _worker_argvs(settings: Settings, extra: Sequence[str]) -> list[list[str]]:
+    """Return the celery commands of `meetinghooks worker [events|deliveries] [celery args]`."""
+    if extra and extra[0] in POOLS:
+        return [_pool_argv(extra[0], settings, extra[1:])]
+    per_pool = _split_options(extra)
+    return [_pool_argv(pool, settings, per_pool[pool]) for pool in POOLS]
+
+
+def _split_options(extra: Sequence[str]) -> dict[str, list[str]]:
+    """Share celery options between the two pools; see _EVENTS_POOL_OPTIONS."""
+    shared: list[str] = []
+    events_only: list[str] = []
+    hostname: str | None = None
+    tokens = list(extra)
+    while tokens:
+        token = tokens.pop(0)
+        name = token.split("=", 1)[0] if token.startswith("--") else token[:2]
+        attached = token[len(name) :].removeprefix("=") or None
+        if name in _ONE_POOL_OPTIONS:
+            raise DomainError(
+                f"{name} names one pool's work; run that pool alone: "
+                f"meetinghooks worker {'|'.join(POOLS)} {name} ..."
+            )
+        if name in _EVENTS_POOL_FLAGS:
+            if attached is not None:
+                raise DomainError(f"write {name} on its own")
+            events_only.append(token)
+            continue
+        if name not in (*_EVENTS_POOL_OPTIONS, *_NAME_OPTIONS):
+            shared.append(token)
+            continue
+        if attached is None:
+            if not tokens:
+                raise DomainError(f"{name} needs a value")
+            attached = tokens.pop(0)
+        if name in _NAME_OPTIONS:
+            hostname = attached
+        else:
+            events_only += [name, attached]
+    per_pool = {EVENTS: [*shared, *events_only], DELIVERIES: list(shared)}
+    if hostname is not None:  # one node name each: `-n a@%h` -> events-a@%h, deliveries-a@%h
+        for pool in POOLS:
+            per_pool[pool] += ["-n", f"{pool}-{hostname}"]
+    return per_pool
 
 
 def _beat_argv(extra: Sequence[str]) -> list[str]:
@@ -157,11 +227,76 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.execve(sys.executable, _gunicorn_argv(settings), env)  # noqa: S606  (replace this process)
 
 
+def _serve_metrics(settings: Settings, env: dict[str, str]) -> None:
+    """Serve the metrics of our children on WORKER_METRICS_PORT, if set.
+
+    Both pools' workers and their pool processes write to `env`'s directory; they are added
+    up here, once: two Celery workers serving them would both want the port.
+    """
+    if settings.worker_metrics_port is None:
+        return
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=env["PROMETHEUS_MULTIPROC_DIR"])  # type: ignore[no-untyped-call]
+    address = f"{settings.worker_metrics_host}:{settings.worker_metrics_port}"
+    try:
+        start_http_server(settings.worker_metrics_port, settings.worker_metrics_host, registry)
+    except OSError as exc:
+        raise DomainError(f"cannot serve worker metrics on {address}: {exc}") from None
+    print(f"worker metrics on http://{address}/metrics", file=sys.stderr, flush=True)
+
+
+def _supervise(argvs: Sequence[list[str]], env: dict[str, str], *, grace: float) -> int:
+    """Run the commands as children until one ends or we are told to stop; then stop them all.
+
+    Each child runs in a session of its own: a Ctrl-C reaches only us, and each child then
+    gets exactly one SIGTERM (had the terminal's SIGINT reached them too, gunicorn could take
+    our SIGTERM, arriving during its quick shutdown, as a request for a graceful one, and a
+    Celery worker would go from warm to cold shutdown). What still runs `grace` seconds later,
+    or at a second Ctrl-C, is killed with its whole process group (pool processes included).
+    """
+    signals = 0
+
+    def stop(_signum: int, _frame: object) -> None:
+        nonlocal signals
+        signals += 1
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: terminal closed
+        signal.signal(signum, stop)
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        for argv in argvs:
+            children.append(subprocess.Popen(argv, env=env, start_new_session=True))
+        while not signals and all(child.poll() is None for child in children):
+            time.sleep(0.2)
+    finally:
+        asked = signals
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+        deadline = time.monotonic() + grace
+        while (
+            any(child.poll() is None for child in children)
+            and time.monotonic() < deadline
+            and signals <= asked
+        ):
+            time.sleep(0.1)
+        for child in children:
+            if child.poll() is None:
+                with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+                    os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
+    failed = [child for child in children if child.returncode not in (0, -signal.SIGTERM)]
+    return 1 if failed and not signals else 0
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
-    """Run a Celery worker on the events and deliveries queues."""
-    _settings()
-    env = _with_shared_metrics()  # the pool processes' counters, for WORKER_METRICS_PORT
-    os.execve(sys.executable, _worker_argv(args.extra), env)  # noqa: S606  (replace this process)
+    """Run the Celery workers: the events and the deliveries pool, or one of them."""
+    settings = _settings()
+    argvs = _worker_argvs(settings, args.extra)
+    env = _with_shared_metrics()  # every pool's counters, for WORKER_METRICS_PORT
+    _serve_metrics(settings, env)
+    # A warm shutdown lets the attempts in flight end, each within twice the timeout.
+    return _supervise(argvs, env, grace=2 * settings.callback_timeout_seconds + 10)
 
 
 def cmd_beat(args: argparse.Namespace) -> int:
@@ -174,18 +309,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Migrate, then run receiver, worker and beat together until interrupted."""
     settings = _settings()
     migrate.upgrade(settings.database_url)
-    env = _with_shared_metrics()  # the worker's counters then show on the receiver's /metrics
-    # Each child in a session of its own: a Ctrl-C reaches only us, and each child then gets
-    # exactly one SIGTERM. (Had the terminal's SIGINT reached them too, gunicorn could take our
-    # SIGTERM, arriving during its quick shutdown, as a request for a graceful one.)
-    children = [
-        subprocess.Popen(argv, env=env, start_new_session=True)
-        for argv in (
-            _worker_argv(["--concurrency", "2"]),
-            _beat_argv([]),
-            _gunicorn_argv(settings),
-        )
-    ]
+    env = _with_shared_metrics()  # the workers' counters then show on the receiver's /metrics
+    _serve_metrics(settings, env)
+    argvs = [*_worker_argvs(settings, []), _beat_argv([]), _gunicorn_argv(settings)]
     mode = "embedded (SQLite + SQLAlchemy broker under ./var)" if settings.embedded else "external"
     print(
         f"\nmeetinghooks is starting on {settings.base_url} ({mode}).\n"
@@ -195,29 +321,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "Stop with Ctrl-C.\n",
         flush=True,
     )
-    stopping = False
-
-    def stop(_signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: terminal closed
-        signal.signal(signum, stop)
-    try:
-        while not stopping and all(child.poll() is None for child in children):
-            time.sleep(0.2)
-    finally:
-        for child in children:
-            if child.poll() is None:
-                child.terminate()
-        deadline = time.monotonic() + 10
-        for child in children:
-            try:
-                child.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.kill()
-    failed = [child for child in children if child.returncode not in (0, -15, None)]
-    return 1 if failed and not stopping else 0
+    return _supervise(argvs, env, grace=RUN_STOP_SECONDS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -261,9 +365,13 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade.set_defaults(func=cmd_db_upgrade)
 
     sub.add_parser("serve", help="run the receiver (gunicorn)").set_defaults(func=cmd_serve)
-    for name, func in (("worker", cmd_worker), ("beat", cmd_beat)):
-        p = sub.add_parser(name, help=f"run the Celery {name}; extra arguments go to celery")
-        p.set_defaults(func=func, passes_extra=True)
+    sub.add_parser(
+        "worker",
+        help="run the events and the deliveries pool ('worker events|deliveries': one of them);"
+        " extra arguments go to celery",
+    ).set_defaults(func=cmd_worker, passes_extra=True)
+    beat = sub.add_parser("beat", help="run the Celery beat; extra arguments go to celery")
+    beat.set_defaults(func=cmd_beat, passes_extra=True)
     sub.add_parser("run", help="migrate and run everything (make run)").set_defaults(func=cmd_run)
     return parser
 
@@ -271,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     parser = build_parser()
-    # `worker` and `beat` hand unknown options (--concurrency 8, -Q deliveries) to celery.
+    # `worker` and `beat` hand unknown options (--concurrency 8, -l DEBUG) to celery.
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "passes_extra", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -29,15 +30,23 @@ class DbTask(Task):  # type: ignore[misc]
 
     abstract = True
     settings: ClassVar[Settings | None] = None
+    # Tasks running at once in this process: the worker's concurrency under the threads pool
+    # (set at worker start-up, see workers.main), 1 in a prefork pool process.
+    threads: ClassVar[int] = 1
     _session_factory: ClassVar[sessionmaker[Session] | None] = None
+    _building = threading.Lock()
 
     @property
     def session_factory(self) -> sessionmaker[Session]:
-        """Build the session factory lazily, after the worker forked."""
+        """Build the session factory lazily, after the worker forked, once even under threads."""
         cls = type(self)
         if DbTask._session_factory is None:
-            settings = cls.get_settings()
-            DbTask._session_factory = make_session_factory(make_engine(settings.database_url))
+            with DbTask._building:  # two threads' first tasks must not build two engines
+                if DbTask._session_factory is None:
+                    settings = cls.get_settings()
+                    # One connection per thread at most, so no task waits for the pool.
+                    engine = make_engine(settings.database_url, max_overflow=max(10, cls.threads))
+                    DbTask._session_factory = make_session_factory(engine)
         return DbTask._session_factory
 
     @classmethod

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import re
 import shutil
 import signal
 import socket
@@ -53,17 +54,24 @@ def missing(reason: str) -> None:
     pytest.skip(reason)
 
 
-def hold_database_down(database_url: str, seconds: float) -> int:
-    """Make the database unusable for `seconds`; return how many connections were cut.
+def hold_database_down(
+    database_url: str, seconds: float, held: threading.Event | None = None
+) -> int:
+    """Cut (PostgreSQL) or write-lock (SQLite) the database for `seconds`; return cuts made.
 
-    SQLite: hold the write lock. PostgreSQL: cut every other connection to the database
-    (workers' and receiver's alike), again and again, as a failover or restart would.
+    PostgreSQL: an outage. Every other connection to the database (workers' and receiver's
+    alike) is cut, again and again, as a failover or restart would.
+    SQLite: a locked, slow database, not an outage. The write lock is held for less than the
+    30 s busy timeout (core/db.py), so writers wait it out and nothing is cut (returns 0).
+    `held` is set once the lock is held or the first round of cuts is made.
     """
     terminated = 0
     engine = sa.create_engine(database_url, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
         if is_sqlite(database_url):
             conn.exec_driver_sql("BEGIN EXCLUSIVE")
+            if held is not None:
+                held.set()
             time.sleep(seconds)
             conn.exec_driver_sql("ROLLBACK")
         else:
@@ -79,6 +87,8 @@ def hold_database_down(database_url: str, seconds: float) -> int:
                         {"name": name},
                     ).all()
                 )
+                if held is not None:
+                    held.set()
                 time.sleep(0.1)
     engine.dispose()
     return terminated
@@ -534,3 +544,85 @@ def worker(it_settings: Settings, tmp_path: Path) -> Iterator[Worker]:
 def count(engine: Engine, query: Any) -> int:
     with engine.connect() as conn:
         return int(conn.execute(query).scalar_one())
+
+
+def child_pids(pid: int) -> list[int]:
+    """Return the pids of `pid`'s direct children."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().split(") ", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if ppid == pid:
+            found.append(int(entry.name))
+    return found
+
+
+@dataclass
+class PoolsWorker(Worker):
+    """`meetinghooks worker [pool]` as production runs it: a supervisor, one Celery worker each.
+
+    With `pool_args=()` both pools run (events: prefork, with beat embedded by -B; deliveries:
+    threads); `("deliveries",)` runs that pool alone. Each Celery worker is in a session of its
+    own, so kill() signals every group, not just the supervisor's.
+    """
+
+    pool_args: tuple[str, ...] = ()
+    beat: bool = True
+
+    def environment(self) -> dict[str, str]:
+        env = {
+            **super().environment(),
+            "EVENT_CONCURRENCY": str(self.settings.event_concurrency),
+            "DELIVERY_CONCURRENCY": str(self.settings.delivery_concurrency),
+        }
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the command makes a fresh one
+        return env
+
+    @property
+    def pools(self) -> int:
+        return 1 if self.pool_args else 2
+
+    def _spawn(self, log: Any) -> subprocess.Popen[bytes]:
+        beat = ["-B", "-s", str(self.workdir / f"beat-{self.starts}")] if self.beat else []
+        return subprocess.Popen(
+            [sys.executable, "-m", "meetinghooks", "worker", *self.pool_args,
+             "--without-gossip", "--without-mingle", "--without-heartbeat", *beat,
+             # Node names of their own (prefixed by each pool's name): see Worker._spawn.
+             "-n", f"it-{os.getpid()}-{self.starts}-{next(_counter)}@%h"],
+            cwd=self.workdir, env=self.environment(), stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+    def ready(self) -> bool:
+        """Whether every Celery worker of the current start says it is ready."""
+        log = self.workdir / f"worker-{self.starts}.log"
+        text = log.read_text(errors="replace") if log.exists() else ""
+        return len(set(re.findall(r" (\S+@\S+) ready\.", text))) >= self.pools
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        try:
+            wait_until(self.ready, timeout, "every pool to be ready")
+        except AssertionError:
+            print(self.logs())  # noqa: T201  (the failing test's evidence)
+            raise
+
+    def kill(self) -> None:
+        """SIGKILL the supervisor and every Celery worker group it started."""
+        if self.process is None:
+            return
+        for group in (*child_pids(self.process.pid), self.process.pid):
+            with contextlib.suppress(ProcessLookupError):  # the group may be gone already
+                os.killpg(group, signal.SIGKILL)
+        self.process.wait(timeout=20)
+        self.process = None
+
+
+@pytest.fixture
+def pools_worker(it_settings: Settings, tmp_path: Path) -> Iterator[PoolsWorker]:
+    handle = PoolsWorker(settings=it_settings, workdir=tmp_path)
+    yield handle
+    handle.stop()

@@ -40,7 +40,7 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def test_ctrl_c_stops_receiver_worker_and_beat_quickly_and_leaves_nothing_behind(
+def test_ctrl_c_stops_receiver_both_pools_and_beat_quickly_and_leaves_nothing_behind(
     tmp_path: Path,
 ) -> None:
     port = free_port()
@@ -55,7 +55,14 @@ def test_ctrl_c_stops_receiver_worker_and_beat_quickly_and_leaves_nothing_behind
     try:
         wait_until(lambda: answers_ok(f"http://127.0.0.1:{port}/healthz"), 60, "make run to serve")
         started = _descendants(run.pid)
-        wait_until(lambda: "ready." in (tmp_path / "run.log").read_text(), 60, "the worker")
+        wait_until(
+            lambda: (tmp_path / "run.log").read_text().count(" ready.") >= 2,
+            60,
+            "both pools' workers",
+        )
+        log_text = (tmp_path / "run.log").read_text()
+        assert "concurrency: 2 (prefork)" in log_text
+        assert "concurrency: 32 (thread)" in log_text
         os.killpg(run.pid, signal.SIGINT)  # what the terminal sends to its foreground group
         stopping = time.monotonic()
         assert run.wait(timeout=30) == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import threading
 from typing import TYPE_CHECKING
 
 from celery import shared_task
@@ -41,15 +42,24 @@ TIME_LIMIT = 1020
 
 _http: requests.Session | None = None
 _http_pid: int | None = None
+_http_building = threading.Lock()
 
 
 def http_session(settings: Settings) -> requests.Session:
-    """Return this worker process's pooled HTTP session, created after the fork."""
+    """Return this worker process's pooled HTTP session, created after the fork.
+
+    Under the threads pool every thread shares it: urllib3's pools are thread-safe, and each
+    keeps as many idle connections per receiver as there are threads (fewer, and urllib3
+    would close the surplus with a warning after every burst).
+    """
     global _http, _http_pid  # noqa: PLW0603  (one pool per process, as DbTask's engine)
-    if _http is None or _http_pid != os.getpid():
-        _http = deliveries.make_http_session(settings.callback_allowed_networks)
-        _http_pid = os.getpid()
-    return _http
+    with _http_building:
+        if _http is None or _http_pid != os.getpid():
+            _http = deliveries.make_http_session(
+                settings.callback_allowed_networks, pool_maxsize=max(10, DbTask.threads)
+            )
+            _http_pid = os.getpid()
+        return _http
 
 
 def run_delivery(
@@ -63,13 +73,14 @@ def run_delivery(
     """Make one attempt of a delivery if it is due: claim, send, record.
 
     Each database step is its own short transaction; the HTTP request runs between them
-    with no transaction open. None when the delivery was not ours to send now.
+    with no transaction open. None when the delivery was not ours to send now. Neither step
+    is given the time: each reads the clock once it holds the lock (a lease counted from
+    before a long wait for the lock could run out while the attempt is still going).
     """
     with session_factory.begin() as session:
         claimed = deliveries.claim(
             session,
             delivery_id,
-            now=utcnow(),
             lease=deliveries.lease_duration(settings),
             max_attempts=len(settings.retry_schedule) + 1,
         )
@@ -84,7 +95,6 @@ def run_delivery(
             session,
             claimed,
             outcome,
-            now=utcnow(),
             schedule=settings.retry_schedule,
             rng=rng,
         )

@@ -5,13 +5,17 @@ import itertools
 import json
 import os
 import secrets
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from core.models import AccessToken, User
 from core.security import hash_token
+from meetinghooks import cli
 from meetinghooks.cli import main
 
 
@@ -90,26 +94,90 @@ def test_bad_configuration_exits_2_naming_the_variable(
     assert "PORT" in capsys.readouterr().err
 
 
-def test_worker_passes_unknown_options_to_celery(
-    embedded: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    launched: list[list[str]] = []
-    environments: list[dict[str, str]] = []
+@pytest.fixture
+def supervised(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[list[str]], dict[str, str]]]:
+    """Record what `worker` would start instead of starting it."""
+    calls: list[tuple[list[list[str]], dict[str, str]]] = []
 
-    def execve(_path: str, argv: list[str], env: dict[str, str]) -> None:
-        launched.append(list(argv))
-        environments.append(env)
+    def supervise(argvs: list[list[str]], env: dict[str, str], *, grace: float) -> int:
+        calls.append(([list(argv) for argv in argvs], env))
+        return 0
 
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    monkeypatch.setattr("os.execve", execve)
-    main(["worker", "--concurrency", "8", "-Q", "deliveries"])
-    assert launched[0][-4:] == ["--concurrency", "8", "-Q", "deliveries"]
-    assert launched[0][1:5] == ["-m", "celery", "-A", "workers.main"]
-    # The pool processes share a fresh, empty metrics directory; this process is left alone.
-    shared = Path(environments[0]["PROMETHEUS_MULTIPROC_DIR"])
+    monkeypatch.setattr(cli, "_supervise", supervise)
+    return calls
+
+
+def _option(argv: list[str], name: str) -> str:
+    """Return the last value given to `name`, as celery would take it."""
+    return [argv[i + 1] for i, token in enumerate(argv) if token == name][-1]
+
+
+def test_worker_runs_an_events_pool_and_a_deliveries_pool_sized_by_settings(
+    embedded: Path, monkeypatch: pytest.MonkeyPatch, supervised: list[Any]
+) -> None:
+    monkeypatch.setenv("DELIVERY_CONCURRENCY", "50")
+    assert main(["worker"]) == 0
+    [(argvs, env)] = supervised
+    events, deliveries = argvs
+    assert events[1:6] == ["-m", "celery", "-A", "workers.main", "worker"]
+    assert [_option(events, o) for o in ("-Q", "-P", "--concurrency", "-n")] == [
+        "events", "prefork", "2", "events@%h"
+    ]  # fmt: skip
+    assert [_option(deliveries, o) for o in ("-Q", "-P", "--concurrency", "-n")] == [
+        "deliveries", "threads", "50", "deliveries@%h"
+    ]  # fmt: skip
+    # Both pools' processes share a fresh, empty metrics directory; this process is left alone.
+    shared = Path(env["PROMETHEUS_MULTIPROC_DIR"])
     assert shared.is_dir()
     assert list(shared.iterdir()) == []
     assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+
+
+def test_worker_shares_options_and_gives_one_pools_options_to_the_events_pool(
+    embedded: Path, supervised: list[Any]
+) -> None:
+    main(["worker", "-l", "DEBUG", "--concurrency=4", "-B", "-s", "beat.db", "-n", "a@b"])
+    [([events, deliveries], _)] = supervised
+    assert events[-9:] == ["-l", "DEBUG", "--concurrency", "4", "-B", "-s", "beat.db", "-n",
+                           "events-a@b"]  # fmt: skip
+    assert deliveries[-4:] == ["-l", "DEBUG", "-n", "deliveries-a@b"]
+    assert "-B" not in deliveries  # beat runs once
+    assert _option(deliveries, "--concurrency") == "32"
+
+
+@pytest.mark.parametrize("pool", ["events", "deliveries"])
+def test_worker_runs_one_pool_alone_with_every_option_passed_on(
+    embedded: Path, supervised: list[Any], pool: str
+) -> None:
+    main(["worker", pool, "--concurrency", "8", "-n", "x@%h"])
+    [([argv], _)] = supervised
+    assert _option(argv, "-Q") == pool
+    assert argv[-4:] == ["--concurrency", "8", "-n", "x@%h"]  # last, so they win
+
+
+@pytest.mark.parametrize("option", ["-Q", "-Qdeliveries", "--queues=deliveries", "-P", "--pool"])
+def test_worker_refuses_one_pools_options_for_both(
+    embedded: Path, supervised: list[Any], capsys: pytest.CaptureFixture[str], option: str
+) -> None:
+    assert main(["worker", option, "deliveries"]) == 1
+    assert "meetinghooks worker events|deliveries" in capsys.readouterr().err
+    assert supervised == []
+
+
+def test_supervise_stops_every_child_when_one_ends_and_kills_stragglers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(cli.signal, "signal", lambda *_args: None)  # leave pytest's handlers
+    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    started = time.monotonic()
+    status = cli._supervise(
+        [[sys.executable, "-c", stubborn], [sys.executable, "-c", "raise SystemExit(3)"]],
+        dict(os.environ),
+        grace=1.0,
+    )
+    assert status == 1  # a child failed on its own
+    assert time.monotonic() - started < 20  # the stubborn one was killed, not waited for
 
 
 def test_other_commands_refuse_unknown_options(embedded: Path) -> None:

@@ -58,6 +58,14 @@ class TestFromEnv:
         assert settings.retry_schedule == (1, 2, 3)
         assert settings.callback_timeout_seconds == 2.5
 
+    def test_pool_sizes_default_to_two_processes_and_32_threads(self) -> None:
+        settings = Settings.from_env(PRODUCTION)
+        assert (settings.event_concurrency, settings.delivery_concurrency) == (2, 32)
+        settings = Settings.from_env(
+            {**PRODUCTION, "EVENT_CONCURRENCY": "4", "DELIVERY_CONCURRENCY": "100"}
+        )
+        assert (settings.event_concurrency, settings.delivery_concurrency) == (4, 100)
+
     def test_public_base_url_wins_and_loses_trailing_slash(self) -> None:
         settings = Settings.from_env({**PRODUCTION, "PUBLIC_BASE_URL": "https://hooks.example/"})
         assert settings.base_url == "https://hooks.example"
@@ -75,6 +83,10 @@ class TestFromEnv:
             ("RETRY_SCHEDULE", "5,soon"),
             ("CALLBACK_TIMEOUT_SECONDS", "0"),
             ("PRESENTER_LINK_TTL_SECONDS", "-1"),
+            ("EVENT_CONCURRENCY", "0"),
+            ("EVENT_CONCURRENCY", "many"),
+            ("DELIVERY_CONCURRENCY", "0"),
+            ("DELIVERY_CONCURRENCY", "1001"),
         ],
     )
     def test_bad_values_fail_at_startup_naming_the_variable(self, name: str, value: str) -> None:
