@@ -77,9 +77,11 @@ def _depth(value: Any) -> int:
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
-    """Parse a JSON object strictly: no NaN/Infinity, at most MAX_JSON_DEPTH levels; else 400."""
+    """Parse a JSON object strictly: UTF-8, no NaN/Infinity, at most MAX_JSON_DEPTH levels."""
     try:
-        data = json.loads(raw, parse_constant=_refuse_constant)
+        # Decode first: json.loads(bytes) would guess UTF-16/32 and read them. RFC 8259 allows
+        # UTF-8 only; a byte-order mark then fails to parse, and so is 400 too.
+        data = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise ValidationFailed("request body is not valid JSON", code="malformed-json") from None
     if not isinstance(data, dict):

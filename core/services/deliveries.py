@@ -26,10 +26,11 @@ import requests
 import sqlalchemy as sa
 
 from core import http_deadline, signing, ssrf
+from core.db import utcnow
 from core.errors import Conflict, NotFound, ValidationFailed
 from core.models import Delivery, DeliveryAttempt, Event, Meeting, User, Webhook
 from core.security import new_public_id
-from core.services import accounts
+from core.services import accounts, backoff
 from core.validation import isoformat
 
 if TYPE_CHECKING:
@@ -83,8 +84,11 @@ def create_for_event(
 ) -> list[int]:
     """Write one pending delivery per live webhook registered for the event's type.
 
-    The caller enqueues `workers.deliveries.deliver` for each id after commit, so the sweep
-    counts them as woken (`last_enqueued_at`) and leaves them alone unless that message is lost.
+    The body is the meeting as it stands now, at its current `event_sequence`: when a late
+    event corrects what an event's callback said, the callback is made again, as a new row with
+    a new `webhook-id` at the new sequence. The caller enqueues `workers.deliveries.deliver`
+    for each id after commit, so the sweep counts them as woken (`last_enqueued_at`) and leaves
+    them alone unless that message is lost.
     """
     hooks = session.scalars(
         sa.select(Webhook).where(
@@ -102,6 +106,7 @@ def create_for_event(
             user_id=meeting.user_id,
             meeting_id=meeting.id,
             event_type=event.type,
+            meeting_sequence=meeting.event_sequence,
             callback_url=hook.callback_url,
             body=json.dumps(callback_body(event, meeting, hook), separators=(",", ":")),
             status="pending",
@@ -159,18 +164,23 @@ def claim(
     session: Session,
     delivery_id: int,
     *,
-    now: dt.datetime,
     lease: dt.timedelta,
     max_attempts: int | None = None,
+    now: dt.datetime | None = None,
 ) -> Claim | None:
     """Lease a due delivery and open its attempt row; None if it is not ours to send now.
 
     The row lock (PostgreSQL) or the write lock that BEGIN IMMEDIATE takes (SQLite) makes
     the check-and-lease atomic, so two workers never both claim the same delivery. A
     delivery whose attempts are all used up (its workers kept dying mid-attempt, so no
-    result ever scheduled the next one) fails here instead of looping forever.
+    result ever scheduled the next one) fails here instead of looping forever. `now` pins
+    the time for tests; workers leave it out, so the clock is read once the lock is held.
     """
     delivery = session.get(Delivery, delivery_id, with_for_update=True, populate_existing=True)
+    # Only now, with the lock held: waiting for it can take longer than the lease, and a
+    # lease counted from before the wait would run out mid-attempt and let a second
+    # worker send the same delivery at the same time.
+    now = utcnow() if now is None else now
     if (
         delivery is None
         or delivery.status != "pending"
@@ -201,6 +211,8 @@ def claim(
         return None
     delivery.attempt_count += 1
     delivery.locked_until = now + lease
+    # Its wake-up arrived: the sweep's back-off starts over.
+    delivery.enqueue_count = 0
     attempt = DeliveryAttempt(delivery_id=delivery.id, attempted_at=now, error=IN_PROGRESS)
     session.add(attempt)
     session.flush()
@@ -222,11 +234,16 @@ def make_http_session(
 
     No proxies from the environment (a proxy would resolve names past the guard), no
     retries inside requests (retries are rows with `next_attempt_at`), no redirects.
+    `pool_maxsize` is the idle connections kept per receiver, and as many receivers are
+    kept: one thread each, when every thread of a pool that size calls a different one.
     """
     http = requests.Session()
     http.trust_env = False
     adapter = ssrf.GuardedAdapter(
-        allowed_networks, pool_connections=10, pool_maxsize=pool_maxsize, max_retries=0
+        allowed_networks,
+        pool_connections=max(10, pool_maxsize),
+        pool_maxsize=pool_maxsize,
+        max_retries=0,
     )
     http.mount("http://", adapter)
     http.mount("https://", adapter)
@@ -383,11 +400,15 @@ def record(
     claimed: Claim,
     outcome: Outcome,
     *,
-    now: dt.datetime,
     schedule: Sequence[float],
     rng: random.Random | None = None,
+    now: dt.datetime | None = None,
 ) -> Recorded | None:
-    """Log the attempt and move the delivery on: succeeded, failed, or due again later."""
+    """Log the attempt and move the delivery on: succeeded, failed, or due again later.
+
+    `now` pins the time for tests; workers leave it out, so the clock is read once the
+    lock is held and a retry's wait is not shortened by the wait for the lock.
+    """
     attempt = session.get(DeliveryAttempt, claimed.attempt_id)
     if attempt is not None:
         attempt.status_code = outcome.status_code
@@ -399,6 +420,7 @@ def record(
     )
     if delivery is None:
         return None
+    now = utcnow() if now is None else now
     if delivery.locked_until != claimed.lease:
         # Our lease ran out and another worker holds the delivery now: its result decides.
         return Recorded(status=delivery.status, stale=True)
@@ -421,6 +443,8 @@ def record(
         _finish(delivery, "failed", now)
         return Recorded(status="failed")
     delivery.next_attempt_at = now + delay
+    # Newly due later: its first wake-up then goes at once, and the back-off starts over.
+    delivery.enqueue_count = 0
     return Recorded(status="pending", next_attempt_at=delivery.next_attempt_at)
 
 
@@ -461,6 +485,11 @@ def _disable_webhook(session: Session, delivery: Delivery, now: dt.datetime) -> 
 
 # --- the sweep ---------------------------------------------------------------------------------
 
+# However often a delivery's wake-up was re-sent, the sweep re-sends it at least this often
+# (once a lease, when the lease is longer), as the inbox sweep does: a lost wake-up is never
+# noticed more than this late.
+MAX_RESEND_WAIT = dt.timedelta(minutes=5)
+
 
 def due_ids(
     session: Session,
@@ -473,12 +502,17 @@ def due_ids(
 
     A delivery needs one when no message was sent since it became due, or (with
     `resend_after`) when the last one went out that long ago and nothing came of it: the
-    message was lost, or its worker died and the lease has run out.
+    message was lost, or its worker died and the lease has run out. Each re-send doubles
+    the wait before the next (`enqueue_count`, up to MAX_RESEND_WAIT), so a delivery that
+    only waits in a long queue backlog is not copied into it again every lease.
     """
     woken = Delivery.last_enqueued_at
     needs_wakeup = sa.or_(woken.is_(None), woken < Delivery.next_attempt_at)
     if resend_after is not None:
-        needs_wakeup = sa.or_(needs_wakeup, woken <= now - resend_after)
+        resend = backoff.resend_due(
+            Delivery.enqueue_count, woken, now=now, first=resend_after, cap=MAX_RESEND_WAIT
+        )
+        needs_wakeup = sa.or_(needs_wakeup, resend)
     return list(
         session.scalars(
             sa.select(Delivery.id)
@@ -495,10 +529,21 @@ def due_ids(
 
 
 def mark_enqueued(session: Session, ids: Sequence[int], now: dt.datetime) -> None:
-    """Remember that a wake-up message was sent for these deliveries."""
+    """Remember that a wake-up message was sent for these deliveries, and count re-sends.
+
+    The first wake-up since a delivery became due is not a re-send: it leaves the count at 0,
+    so the first re-send waits `resend_after`, whoever sent that first wake-up.
+    """
     if ids:
+        woken = Delivery.last_enqueued_at
+        resent = sa.and_(woken.is_not(None), woken >= Delivery.next_attempt_at)
         session.execute(
-            sa.update(Delivery).where(Delivery.id.in_(ids)).values(last_enqueued_at=now)
+            sa.update(Delivery)
+            .where(Delivery.id.in_(ids))
+            .values(
+                last_enqueued_at=now,
+                enqueue_count=sa.case((resent, Delivery.enqueue_count + 1), else_=0),
+            )
         )
 
 
@@ -571,7 +616,7 @@ def redeliver(
     user_id: int,
     delivery_id: int,
     *,
-    now: dt.datetime,
+    now: dt.datetime | None = None,
     max_attempts: int | None = None,
 ) -> Delivery:
     """Make a delivery due at once with the same `webhook-id`; the caller enqueues it.
@@ -579,10 +624,12 @@ def redeliver(
     A pending delivery just skips the rest of its wait. A succeeded or failed one starts a
     new round: one attempt now, and the full retry schedule if that fails. So does a
     pending one with no attempt left (its last worker died), which `claim` would otherwise
-    fail without sending.
+    fail without sending. Leave `now` out (tests pin it): the clock is read once the row
+    is locked, so a lease that ran out while we waited for the lock is seen as ended.
     """
     delivery = get_delivery(session, user_id, delivery_id)
     session.refresh(delivery, with_for_update=True)
+    now = utcnow() if now is None else now
     if delivery.locked_until is not None and delivery.locked_until > now:
         raise Conflict(
             "an attempt of this delivery is in progress; try again in a moment",
@@ -603,6 +650,7 @@ def redeliver(
     delivery.completed_at = None
     delivery.locked_until = None
     delivery.last_enqueued_at = now
+    delivery.enqueue_count = 0
     return delivery
 
 

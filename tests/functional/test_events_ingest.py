@@ -254,10 +254,21 @@ class TestRefused:
         assert events_in(db_session) == []
         assert enqueued.calls == []
 
-    def test_non_utf8_body_is_401_not_500(self, client: FlaskClient) -> None:
-        body = b"\xff\xfe\x00garbage"
-        headers = signed("placeholder")
-        assert post(client, body, headers).status_code == 401
+    @pytest.mark.parametrize("signed_over_other_bytes", [True, False], ids=["wrong", "none"])
+    def test_non_utf8_body_without_a_valid_signature_is_401(
+        self,
+        client: FlaskClient,
+        enqueued: Enqueued,
+        db_session: Session,
+        signed_over_other_bytes: bool,
+    ) -> None:
+        # The signature is checked over the raw bytes before anything decodes them.
+        headers = signed("placeholder") if signed_over_other_bytes else {}
+        response = post(client, b"\xff\xfe\x00garbage", headers)
+        assert response.status_code == 401
+        assert response.get_json()["code"] == "invalid-signature"
+        assert events_in(db_session) == []
+        assert enqueued.calls == []
 
     def test_no_secret_configured_refuses_everything(
         self, settings: Settings, session_factory: Any, enqueued: Enqueued
@@ -646,16 +657,35 @@ class TestSignatureLists:
         assert says in response.get_json()["Message"]
         assert events_in(db_session) == []
 
+    @pytest.mark.parametrize(
+        "body",
+        [
+            b'{"type": "meeting.end", "x": "\xff"}',
+            # A whole valid event, only in the wrong encoding.
+            json.dumps(
+                {
+                    "type": "meeting.end",
+                    "timestamp": iso(NOW),
+                    "data": {"meetingId": 1, "name": "J\u00fcrgen"},
+                },
+                ensure_ascii=False,
+            ).encode("latin-1"),
+            event_body(1).encode("utf-16"),
+            event_body(1).encode("utf-32"),
+            b"\xef\xbb\xbf" + event_body(1).encode(),
+        ],
+        ids=["invalid-byte", "latin-1", "utf-16", "utf-32", "utf-8-bom"],
+    )
     def test_signed_body_that_is_not_utf8_is_400_not_401(
-        self, client: FlaskClient, db_session: Session
+        self, client: FlaskClient, enqueued: Enqueued, db_session: Session, body: bytes
     ) -> None:
-        # The signature covers the raw bytes, so it verifies; then the body is not JSON.
-        body = b'{"type": "meeting.end", "x": "\xff"}'
+        # The signature covers the raw bytes, so it verifies; then the bytes are not UTF-8.
         now = str(int(dt.datetime.now(dt.UTC).timestamp()))
         response = post(client, body, signed_raw(body, now))
         assert response.status_code == 400
         assert response.get_json()["code"] == "malformed-json"
         assert events_in(db_session) == []
+        assert enqueued.calls == []
 
     def test_unpadded_secret_is_usable(
         self, settings: Settings, session_factory: Any, enqueued: Enqueued, db_session: Session

@@ -6,7 +6,8 @@ import datetime as dt
 import json
 import secrets
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import pytest
 import sqlalchemy as sa
@@ -173,17 +174,19 @@ def test_worker_killed_mid_delivery_redelivers_with_the_same_webhook_id(
     assert attempt_errors(it_engine) == ["interrupted", None]
 
 
-def test_database_outage_mid_delivery_still_delivers_every_callback(
-    it_app: Flask,
-    it_sessions: sessionmaker[Session],
-    it_engine: Engine,
-    it_database_url: str,
+def deliver_through_database_trouble(
+    app: Flask,
+    sessions: sessionmaker[Session],
+    engine: Engine,
+    url: str,
     worker: Worker,
     receiver: CallbackReceiver,
-) -> None:
-    user_id, _ = make_user(it_sessions)
+    while_held: Callable[[], None],
+) -> int:
+    """Send 20 callbacks while `hold_database_down` holds the database; return cuts made."""
+    user_id, _ = make_user(sessions)
     meetings = [
-        make_meeting_with_hooks(it_sessions, user_id, {"meeting.start": receiver.url()})
+        make_meeting_with_hooks(sessions, user_id, {"meeting.start": receiver.url()})
         for _ in range(20)
     ]
     # Slow answers keep callbacks in flight (between claim and record) while the database goes.
@@ -192,22 +195,76 @@ def test_database_outage_mid_delivery_still_delivers_every_callback(
     receiver.on_request = lambda _got: first_arrived.set()
     worker.start()
     for meeting_id in meetings:
-        post_event(it_app, meeting_id)
+        post_event(app, meeting_id)
     assert first_arrived.wait(60), worker.logs()
-    cut = hold_database_down(it_database_url, 4.0)
-    assert cut > 0 or is_sqlite(it_database_url)  # PostgreSQL: connections really were cut
+    in_flight = 20 - deliveries_by_status(engine).get("succeeded", 0)
+    held = threading.Event()
+    cuts: list[int] = []
+    holder = threading.Thread(target=lambda: cuts.append(hold_database_down(url, 4.0, held)))
+    holder.start()
+    assert held.wait(30), "the database was never held"
+    while_held()
+    holder.join()
+    assert in_flight > 0  # the trouble began with callbacks still to send or record
     wait_or_show_logs(
         worker,
-        lambda: deliveries_by_status(it_engine) == {"succeeded": 20},
+        lambda: deliveries_by_status(engine) == {"succeeded": 20},
         90,
-        "every delivery to succeed after the outage",
+        "every delivery to succeed after the database came back",
     )
     got = receiver.wait_for(20)
     # At least once: an attempt whose result could not be recorded is sent again, same id.
-    assert {request.headers["webhook-id"] for request in got} == message_ids(it_engine)
+    assert {request.headers["webhook-id"] for request in got} == message_ids(engine)
     print(  # noqa: T201  (the measured figure, shown with -s)
-        f"database outage mid-delivery: {cut} connections cut, 20 callbacks, "
-        f"{len(got)} requests received"
+        f"database held mid-delivery: {in_flight} in flight, {cuts[0]} connections cut, "
+        f"20 callbacks, {len(got)} requests received"
+    )
+    return cuts[0]
+
+
+def test_database_outage_mid_delivery_still_delivers_every_callback(
+    it_app: Flask,
+    it_sessions: sessionmaker[Session],
+    it_engine: Engine,
+    it_database_url: str,
+    worker: Worker,
+    receiver: CallbackReceiver,
+) -> None:
+    """PostgreSQL: every connection is cut for seconds, again and again."""
+    if is_sqlite(it_database_url):
+        pytest.skip("SQLite has no server to cut: test_locked_database_... holds its lock instead")
+    cut = deliver_through_database_trouble(
+        it_app, it_sessions, it_engine, it_database_url, worker, receiver, lambda: None
+    )
+    assert cut > 0  # connections really were cut
+
+
+def test_locked_database_mid_delivery_still_delivers_every_callback(
+    it_app: Flask,
+    it_sessions: sessionmaker[Session],
+    it_engine: Engine,
+    it_database_url: str,
+    worker: Worker,
+    receiver: CallbackReceiver,
+) -> None:
+    """SQLite: the write lock is held for seconds, less than the busy timeout: a slow database."""
+    if not is_sqlite(it_database_url):
+        pytest.skip("PostgreSQL: test_database_outage_mid_delivery_... cuts it instead")
+
+    def nothing_recorded_while_locked() -> None:
+        # Reads pass the write lock (WAL); no delivery can record its result until it is gone.
+        when_held = deliveries_by_status(it_engine)
+        time.sleep(2.0)
+        assert deliveries_by_status(it_engine) == when_held
+
+    deliver_through_database_trouble(
+        it_app,
+        it_sessions,
+        it_engine,
+        it_database_url,
+        worker,
+        receiver,
+        nothing_recorded_while_locked,
     )
 
 

@@ -42,7 +42,7 @@ def served(tmp_path: Path) -> Iterator[str]:
     server = subprocess.Popen([*cli, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: answers_ok(f"{base}/healthz"), 30, "the receiver to listen")
+        wait_until(lambda: answers_ok(f"{base}/healthz"), 60, "the receiver to listen")
         yield base
     finally:
         server.terminate()
@@ -63,9 +63,9 @@ def test_metrics_add_up_every_receiver_process(served: str) -> None:
     }
     for _ in range(30):
         # A new connection each time, so that gunicorn spreads them over its processes.
-        response = requests.post(f"{served}/v1/events", data="{}", headers=headers, timeout=5)
+        response = requests.post(f"{served}/v1/events", data="{}", headers=headers, timeout=30)
         assert response.status_code == 401
     for _ in range(5):  # whichever process answers the scrape, it counts all 30
-        found = REJECTED.search(requests.get(f"{served}/metrics", timeout=5).text)
+        found = REJECTED.search(requests.get(f"{served}/metrics", timeout=30).text)
         assert found is not None
         assert float(found.group(1)) == 30

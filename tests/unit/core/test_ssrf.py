@@ -502,11 +502,11 @@ class TestAllowListSetting:
 class TestSlowNameLookup:
     @pytest.fixture
     def hanging_dns(self, monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
-        """getaddrinfo that hangs until released (or 10 s), as a broken resolver does."""
+        """getaddrinfo that hangs until released (or 60 s), as a broken resolver does."""
         release = threading.Event()
 
         def hang(*_args: object, **_kwargs: object) -> list[object]:
-            release.wait(10)
+            release.wait(60)  # far beyond the bounds below, which leave room for a loaded machine
             raise socket.gaierror(socket.EAI_AGAIN, "resolver gave up")
 
         monkeypatch.setattr(socket, "getaddrinfo", hang)
@@ -519,7 +519,7 @@ class TestSlowNameLookup:
     ) -> None:
         started = time.monotonic()
         ssrf.check_callback_url("https://slow-dns.example/hook")  # accepted, as unresolvable
-        assert time.monotonic() - started < 2
+        assert time.monotonic() - started < 10
 
     def test_connect_time_lookup_gives_up_as_unresolvable(
         self, hanging_dns: threading.Event
@@ -527,7 +527,7 @@ class TestSlowNameLookup:
         started = time.monotonic()
         with pytest.raises(ssrf.Unresolvable):
             ssrf.pinned_target("https://slow-dns.example/hook")
-        assert time.monotonic() - started < 2
+        assert time.monotonic() - started < 10
 
     def test_lookup_waits_no_longer_than_the_attempt_deadline(
         self, hanging_dns: threading.Event, monkeypatch: pytest.MonkeyPatch
@@ -536,7 +536,7 @@ class TestSlowNameLookup:
         started = time.monotonic()
         with http_deadline.limit(0.3), pytest.raises(ssrf.Unresolvable):
             ssrf.pinned_target("https://slow-dns.example/hook")
-        assert time.monotonic() - started < 2
+        assert time.monotonic() - started < 10
 
     def test_a_real_answer_still_comes_through(self) -> None:
         assert ssrf.resolve("127.0.0.1", 80) == [ip("127.0.0.1")]
