@@ -48,6 +48,7 @@ test: lint
 bench: install
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/deliveries.py
+	$(BIN)/python bench/slow_receivers.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
