@@ -31,7 +31,7 @@ from core.config import Settings  # noqa: E402
 from core.db import make_engine, make_session_factory  # noqa: E402
 from core.models import Delivery, Meeting, Webhook  # noqa: E402
 from core.security import new_public_id  # noqa: E402
-from core.services import accounts, deliveries, events  # noqa: E402
+from core.services import accounts, events, outbound_http  # noqa: E402
 from workers.tasks.deliveries import run_delivery  # noqa: E402
 
 
@@ -113,7 +113,7 @@ def main() -> None:
         plain.post(url, data=body.encode(), headers={"content-type": "application/json"})
         baseline.append((time.perf_counter() - started) * 1000)
 
-    guarded = deliveries.make_http_session(settings.callback_allowed_networks)
+    guarded = outbound_http.make_http_session(settings.callback_allowed_networks)
     measured = []
     run_started = time.perf_counter()
     for delivery_id in delivery_ids:

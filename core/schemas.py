@@ -143,3 +143,16 @@ class PlatformEvent(Payload):
     type: Literal["meeting.start", "meeting.end"]
     timestamp: AwareDatetime
     data: PlatformEventData
+
+
+# --- analytics (SPEC 8) ----------------------------------------------------------------------
+
+
+class AnalyticsQuery(Payload):
+    """`from`, `to` and `interval` of the analytics endpoints (query string or CLI options)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    from_: AwareDatetime | None = Field(default=None, alias="from")
+    to: AwareDatetime | None = None
+    interval: Literal["hour", "day"] = "day"

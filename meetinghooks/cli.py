@@ -1,4 +1,4 @@
-"""Command-line entry point: `meetinghooks users|tokens|db|serve|worker|beat|run`."""
+"""Command-line entry point: `meetinghooks users|tokens|db|serve|worker|beat|run|analytics`."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from core.db import make_engine, make_session_factory
 from core.errors import ConfigError, DomainError
 from core.models import SCOPES
 from core.services import accounts
+from meetinghooks import analytics_cli
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -324,6 +325,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _supervise(argvs, env, grace=RUN_STOP_SECONDS)
 
 
+def cmd_analytics(args: argparse.Namespace) -> int:
+    """Print a user's analytics summary or timeseries."""
+    print(analytics_cli.run(args, lambda: _session_factory(_settings())), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser for every sub-command."""
     parser = argparse.ArgumentParser(prog="meetinghooks", description=__doc__)
@@ -373,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     beat = sub.add_parser("beat", help="run the Celery beat; extra arguments go to celery")
     beat.set_defaults(func=cmd_beat, passes_extra=True)
     sub.add_parser("run", help="migrate and run everything (make run)").set_defaults(func=cmd_run)
+    analytics_cli.add_parser(sub, cmd_analytics)
     return parser
 
 

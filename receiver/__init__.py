@@ -10,7 +10,7 @@ from flask import Flask
 from core.config import Settings
 from core.db import make_engine, make_session_factory
 from receiver import db, errors
-from receiver.tasks import CeleryEnqueuer, Enqueue
+from receiver.tasks import CeleryEnqueuer, Enqueue, publisher
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -28,19 +28,40 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["meetinghooks.settings"] = settings
-    app.extensions["meetinghooks.session_factory"] = session_factory or make_session_factory(
-        make_engine(settings.database_url)
-    )
     app.extensions["meetinghooks.enqueue"] = enqueue or CeleryEnqueuer(settings)
+    # Each request's commit sends the wake-ups its services noted (core.wakeups).
+    app.extensions["meetinghooks.session_factory"] = db.publishing_factory(
+        session_factory or make_session_factory(make_engine(settings.database_url)),
+        publisher(app),
+    )
     logging.getLogger("receiver").setLevel(settings.log_level)
 
     db.init_app(app)
     errors.register_error_handlers(app)
 
     from receiver import openapi, ops, pages  # noqa: PLC0415  (blueprints import the app's helpers)
-    from receiver.api import events, meetings, users, webhooks  # noqa: PLC0415
+    from receiver.api import (  # noqa: PLC0415
+        alerts,
+        analytics,
+        events,
+        meetings,
+        timeline,
+        users,
+        webhooks,
+    )
 
-    for module in (ops, openapi, meetings, users, events, webhooks, pages):
+    for module in (
+        ops,
+        openapi,
+        meetings,
+        timeline,
+        users,
+        events,
+        webhooks,
+        analytics,
+        alerts,
+        pages,
+    ):
         app.register_blueprint(module.bp)
     return app
 

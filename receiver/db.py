@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from flask import current_app, g
+from sqlalchemy.orm import Session, sessionmaker
+
+from core import wakeups
 
 if TYPE_CHECKING:
     from flask import Flask
-    from sqlalchemy.orm import Session, sessionmaker
 
 
 def get_session() -> Session:
@@ -25,6 +27,18 @@ def close_session(_exc: BaseException | None = None) -> None:
     session: Session | None = g.pop("db_session", None)
     if session is not None:
         session.close()
+
+
+def publishing_factory(
+    base: sessionmaker[Session], publish: wakeups.Publish
+) -> sessionmaker[Session]:
+    """Return a factory like `base` whose sessions publish their wake-ups after commit.
+
+    A copy, so that the caller's factory (shared with tests' own sessions) publishes nothing.
+    """
+    factory: sessionmaker[Session] = sessionmaker(class_=base.class_, **base.kw)
+    wakeups.publish_after_commit(factory, publish)
+    return factory
 
 
 def init_app(app: Flask) -> None:

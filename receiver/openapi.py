@@ -62,6 +62,7 @@ def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
 def document() -> dict[str, Any]:
     """Return the OpenAPI document of the receiver."""
     meeting_id = _path_id("meetingId")
+    rule_id = _path_id("ruleId")
     iso = {"type": "string", "format": "date-time"}
     return {
         "openapi": "3.1.0",
@@ -188,6 +189,69 @@ def document() -> dict[str, Any]:
             },
             "/v1/webhooks/signing-secret/rotate": {
                 "post": _op("Rotate the signing secret (24 h overlap)", 200, scope="start_meeting")
+            },
+            "/v1/meetings/{meetingId}/events": {
+                "get": _op(
+                    "A meeting's events in event-time order, each with its callbacks",
+                    200,
+                    scope="start_meeting",
+                    errors=(404,),
+                    params=(meeting_id,),
+                )
+            },
+            "/v1/alerts/rules": {
+                "post": _op("Create an alert rule", 201, scope="start_meeting", body=True),
+                "get": _op("List the alert rules", 200, scope="start_meeting"),
+            },
+            "/v1/alerts/rules/{ruleId}": {
+                "get": _op(
+                    "Read an alert rule",
+                    200,
+                    scope="start_meeting",
+                    errors=(404,),
+                    params=(rule_id,),
+                ),
+                "delete": _op(
+                    "Delete an alert rule (its alerts stay listed)",
+                    204,
+                    scope="start_meeting",
+                    errors=(404,),
+                    params=(rule_id,),
+                ),
+            },
+            "/v1/alerts": {
+                "get": _op(
+                    "List fired alerts, newest first, with their delivery status",
+                    200,
+                    scope="start_meeting",
+                    errors=(400,),
+                    params=(
+                        _query("limit", {"type": "integer", "minimum": 1, "maximum": 100}),
+                        _query("cursor", {"type": "string"}),
+                    ),
+                )
+            },
+            "/v1/analytics/summary": {
+                "get": _op(
+                    "Meetings, durations and deliveries in a time range",
+                    200,
+                    scope="user_info",
+                    errors=(400,),
+                    params=(_query("from", iso), _query("to", iso)),
+                )
+            },
+            "/v1/analytics/timeseries": {
+                "get": _op(
+                    "Meetings started, ended and running at once, per hour or day",
+                    200,
+                    scope="user_info",
+                    errors=(400,),
+                    params=(
+                        _query("from", iso),
+                        _query("to", iso),
+                        _query("interval", {"enum": ["hour", "day"]}),
+                    ),
+                )
             },
             "/presenter/{token}": {
                 "get": _op("Presenter page (consumes nothing)", 200, errors=(410,)),

@@ -13,7 +13,6 @@ from core.services import events, meetings
 from receiver import get_settings
 from receiver.db import get_session
 from receiver.errors import error_response
-from receiver.tasks import enqueue
 
 bp = Blueprint("pages", __name__)
 
@@ -91,10 +90,8 @@ def presenter_start(token: str) -> Response:
         return _html(
             "presenter.html", gone.status, title="Link unusable", state=state, message=gone.message
         )
-    _, applied = events.emit_internal(session, meeting, events.START, source="presenter")
-    session.commit()
-    for delivery_id in applied.delivery_ids:
-        enqueue("workers.deliveries.deliver", delivery_id=delivery_id)
+    events.emit_internal(session, meeting, events.START, source="presenter")
+    session.commit()  # publishes the deliveries' wake-ups
     if _wants_json():
         return _no_store(
             jsonify(meetings.meeting_json(meeting, _owner(meeting), get_settings().base_url))

@@ -11,6 +11,8 @@ from flask import current_app
 from kombu import pools as kombu_pools
 
 if TYPE_CHECKING:
+    from flask import Flask
+
     from core.config import Settings
 
 log = logging.getLogger(__name__)
@@ -43,14 +45,27 @@ class CeleryEnqueuer:
         self.celery.close()
 
 
-def enqueue(task_name: str, **kwargs: Any) -> None:
-    """Publish a task by name; a broker failure is logged, not raised.
+def publisher(app: Flask) -> Enqueue:
+    """Return the app's after-commit publisher: it sends through the enqueuer, never raises.
 
-    Call it only after commit. The database holds the work, so a lost message only delays
-    it until the next sweep (SPEC 1).
+    The database holds the work, so a lost message only delays it until the next sweep
+    (SPEC 1).
     """
-    sender: Enqueue = current_app.extensions["meetinghooks.enqueue"]
-    try:
-        sender(task_name, kwargs)
-    except Exception:
-        log.warning("receiver.enqueue.failed task=%s", task_name, exc_info=True)
+
+    def publish(task_name: str, kwargs: dict[str, Any]) -> None:
+        sender: Enqueue = app.extensions["meetinghooks.enqueue"]
+        try:
+            sender(task_name, kwargs)
+        except Exception:
+            log.warning("receiver.enqueue.failed task=%s", task_name, exc_info=True)
+
+    return publish
+
+
+def enqueue(task_name: str, **kwargs: Any) -> None:
+    """Publish a task by name now; a broker failure is logged, not raised.
+
+    Services note their wake-ups instead (`core.wakeups`), and the request's commit
+    publishes them; this is for a view that must send one outside a transaction.
+    """
+    publisher(current_app)(task_name, kwargs)

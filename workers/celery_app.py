@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fnmatch
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -9,45 +11,74 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from celery import Celery, Task
 from kombu.entity import Queue
+from sqlalchemy.orm import Session, sessionmaker
 
+from core import task_names, wakeups
 from core.db import make_engine, make_session_factory
 from workers import embedded_broker
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session, sessionmaker
-
     from core.config import Settings
+
+log = logging.getLogger(__name__)
 
 EVENTS_QUEUE = "events"
 DELIVERIES_QUEUE = "deliveries"
+ROUTES = {
+    "workers.events.*": EVENTS_QUEUE,
+    "workers.deliveries.*": DELIVERIES_QUEUE,
+    "workers.sweep.*": EVENTS_QUEUE,
+}
 # Well above every task's time_limit, so Redis never re-delivers a task that is still running.
 VISIBILITY_TIMEOUT = 3600
 EMBEDDED_PREFETCH_MULTIPLIER = 8
 
 
+def queue_for(task_name: str) -> str:
+    """Return the queue a task's messages are routed to (the `task_routes` globs)."""
+    for pattern, queue in ROUTES.items():
+        if fnmatch.fnmatchcase(task_name, pattern):
+            return queue
+    return EVENTS_QUEUE
+
+
 class DbTask(Task):  # type: ignore[misc]
-    """Base task: one session factory per worker process, one transaction per run."""
+    """Base task: one session factory per worker process, one transaction per run.
+
+    Its sessions publish the wake-ups their transaction noted once it commits
+    (`core.wakeups`), through the app `make_celery` built.
+    """
 
     abstract = True
     settings: ClassVar[Settings | None] = None
+    celery: ClassVar[Celery | None] = None
     # Tasks running at once in this process: the worker's concurrency under the threads pool
     # (set at worker start-up, see workers.main), 1 in a prefork pool process.
     threads: ClassVar[int] = 1
     _session_factory: ClassVar[sessionmaker[Session] | None] = None
+    # (the factory above, its publishing copy): rebuilt when tests swap the factory.
+    _publishing: ClassVar[tuple[sessionmaker[Session], sessionmaker[Session]] | None] = None
     _building = threading.Lock()
 
     @property
     def session_factory(self) -> sessionmaker[Session]:
         """Build the session factory lazily, after the worker forked, once even under threads."""
+        built = DbTask._publishing
+        if built is not None and built[0] is DbTask._session_factory:
+            return built[1]
         cls = type(self)
-        if DbTask._session_factory is None:
-            with DbTask._building:  # two threads' first tasks must not build two engines
-                if DbTask._session_factory is None:
-                    settings = cls.get_settings()
-                    # One connection per thread at most, so no task waits for the pool.
-                    engine = make_engine(settings.database_url, max_overflow=max(10, cls.threads))
-                    DbTask._session_factory = make_session_factory(engine)
-        return DbTask._session_factory
+        with DbTask._building:  # two threads' first tasks must not build two engines
+            if DbTask._session_factory is None:
+                settings = cls.get_settings()
+                # One connection per thread at most, so no task waits for the pool.
+                engine = make_engine(settings.database_url, max_overflow=max(10, cls.threads))
+                DbTask._session_factory = make_session_factory(engine)
+            base = DbTask._session_factory
+            if DbTask._publishing is None or DbTask._publishing[0] is not base:
+                factory: sessionmaker[Session] = sessionmaker(class_=base.class_, **base.kw)
+                wakeups.publish_after_commit(factory, publish)
+                DbTask._publishing = (base, factory)
+            return DbTask._publishing[1]
 
     @classmethod
     def get_settings(cls) -> Settings:
@@ -67,6 +98,7 @@ def make_celery(settings: Settings) -> Celery:
     """Create the Celery app for these settings."""
     DbTask.settings = settings
     DbTask._session_factory = None
+    DbTask._publishing = None
     transport_options: dict[str, Any] = {"visibility_timeout": VISIBILITY_TIMEOUT}
     # One message per pool process at a time keeps work fair across workers on Redis/RabbitMQ,
     # which hand over the next message the moment one is acked.
@@ -98,11 +130,7 @@ def make_celery(settings: Settings) -> Celery:
         broker_transport_options=transport_options,
         task_queues=(Queue(EVENTS_QUEUE), Queue(DELIVERIES_QUEUE)),
         task_default_queue=EVENTS_QUEUE,
-        task_routes={
-            "workers.events.*": {"queue": EVENTS_QUEUE},
-            "workers.deliveries.*": {"queue": DELIVERIES_QUEUE},
-            "workers.sweep.*": {"queue": EVENTS_QUEUE},
-        },
+        task_routes={pattern: {"queue": queue} for pattern, queue in ROUTES.items()},
         # A publish must not hang a request when the broker is down: the sweep re-sends later.
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2},
         broker_connection_timeout=3,
@@ -111,16 +139,35 @@ def make_celery(settings: Settings) -> Celery:
         beat_schedule={
             # A sweep that waited longer than one interval is superseded by the next one.
             "sweep-inbox": {
-                "task": "workers.sweep.sweep_inbox",
+                "task": task_names.SWEEP_INBOX,
                 "schedule": settings.sweep_interval_seconds,
                 "options": {"expires": settings.sweep_interval_seconds * 5},
             },
             "sweep-deliveries": {
-                "task": "workers.sweep.sweep_deliveries",
+                "task": task_names.SWEEP_DELIVERIES,
+                "schedule": settings.sweep_interval_seconds,
+                "options": {"expires": settings.sweep_interval_seconds * 5},
+            },
+            "sweep-alerts": {
+                "task": task_names.SWEEP_ALERTS,
                 "schedule": settings.sweep_interval_seconds,
                 "options": {"expires": settings.sweep_interval_seconds * 5},
             },
         },
     )
     app.autodiscover_tasks(["workers"], related_name="tasks", force=True)
+    DbTask.celery = app
     return app
+
+
+def publish(task_name: str, kwargs: dict[str, Any]) -> None:
+    """Send a committed transaction's wake-up; a broker failure is logged, never raised.
+
+    The rows are committed: a lost message only waits for the sweep.
+    """
+    try:
+        if DbTask.celery is None:
+            raise RuntimeError("make_celery(settings) was not called")
+        DbTask.celery.send_task(task_name, kwargs=kwargs, queue=queue_for(task_name))
+    except Exception:
+        log.warning("workers.wakeup.publish_failed task=%s", task_name, exc_info=True)

@@ -1,6 +1,7 @@
 """All mapped models; importing this package registers every table on `core.db.metadata`."""
 
 from core.models.accounts import SCOPES, AccessToken, User
+from core.models.alerts import Alert, AlertRule, AlertType
 from core.models.events import Delivery, DeliveryAttempt, Event
 from core.models.meetings import EVENT_TYPES, Meeting, PresenterLink, Webhook
 
@@ -8,6 +9,9 @@ __all__ = [
     "EVENT_TYPES",
     "SCOPES",
     "AccessToken",
+    "Alert",
+    "AlertRule",
+    "AlertType",
     "Delivery",
     "DeliveryAttempt",
     "Event",

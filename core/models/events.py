@@ -55,7 +55,12 @@ class Event(Base):
 
 
 class Delivery(Base):
-    """One event to send to one callback URL: pending until a 2xx, or failed."""
+    """One outbound message to one URL: pending until a 2xx, or failed.
+
+    Its subject is an event (a meeting's callback) or an alert; its destination a meeting's
+    webhook or an alert rule's URL. Signing, retries, leases and the attempt log are the same
+    for both.
+    """
 
     __tablename__ = "deliveries"
     __table_args__ = (
@@ -66,19 +71,29 @@ class Delivery(Base):
         sa.Index("ix_deliveries_due", "status", "next_attempt_at"),
         sa.Index("ix_deliveries_user_created", "user_id", "id"),
         sa.CheckConstraint("status IN ('pending', 'succeeded', 'failed')", name="status"),
+        sa.CheckConstraint("(event_id IS NULL) <> (alert_id IS NULL)", name="one_subject"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     # The `webhook-id` header: stable across retries and redeliveries.
     message_id: Mapped[str] = mapped_column(sa.String(40), unique=True)
-    event_id: Mapped[int] = mapped_column(sa.ForeignKey("events.id", ondelete="CASCADE"))
+    # The subject: exactly one of these.
+    event_id: Mapped[int | None] = mapped_column(sa.ForeignKey("events.id", ondelete="CASCADE"))
+    alert_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("alerts.id", ondelete="CASCADE"), unique=True
+    )
+    # The destination: a meeting's webhook or an alert rule (null once it is deleted).
     webhook_id: Mapped[int | None] = mapped_column(
         sa.ForeignKey("webhooks.id", ondelete="SET NULL"), index=True
+    )
+    alert_rule_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("alert_rules.id", ondelete="SET NULL"), index=True
     )
     user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"))
     meeting_id: Mapped[int | None] = mapped_column(
         sa.ForeignKey("meetings.id", ondelete="CASCADE"), index=True
     )
+    # `meeting.start`, `meeting.end`, or `alert.<rule type>`.
     event_type: Mapped[str] = mapped_column(sa.String(32))
     # The meeting's event sequence the body carries (`data.sequence`); the server default
     # serves the release before 0002, which does not know the column.

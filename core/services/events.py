@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from core import task_names, wakeups
 from core.db import utcnow
 from core.models import Event, Meeting
 from core.security import new_public_id
-from core.services import deliveries
+from core.services import alert_triggers, outbox
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -26,7 +27,7 @@ MAX_ROW_ID = 2**31 - 1
 
 @dataclass(frozen=True)
 class Applied:
-    """What applying one event did: its outcome and the deliveries it queued."""
+    """What applying one event did: its outcome and the deliveries it made (wake-ups noted)."""
 
     outcome: str
     delivery_ids: list[int] = field(default_factory=list)
@@ -44,11 +45,14 @@ def record_event(
     payload: dict[str, Any],
     meeting_id: int | None,
     user_id: int | None,
+    process_later: bool = True,
 ) -> tuple[Event, bool]:
     """Insert the event unless (source, source_event_id) exists; return it and whether it is new.
 
     INSERT ... ON CONFLICT DO NOTHING makes concurrent duplicates safe on both databases
-    without relying on catching IntegrityError mid-transaction.
+    without relying on catching IntegrityError mid-transaction. A new event notes its
+    `workers.events.process_event` wake-up, unless the caller applies it itself
+    (`process_later=False`).
     """
     values = {
         "public_id": new_public_id("evt"),
@@ -74,6 +78,8 @@ def record_event(
         sa.select(Event).where(Event.source == source, Event.source_event_id == source_event_id)
     )
     assert event is not None  # noqa: S101  (just inserted or already there)
+    if new_id is not None and process_later:
+        wakeups.note(session, task_names.PROCESS_EVENT, event_id=event.id)
     return event, new_id is not None
 
 
@@ -110,7 +116,7 @@ def emit_internal(
     """Record and apply an event we raised ourselves (presenter link, end call).
 
     It is applied in the caller's transaction so that the API answers with the new state;
-    its deliveries are sent by the workers. The caller commits, then enqueues `delivery_ids`.
+    its deliveries are sent by the workers, woken once the caller commits.
     """
     # Whole seconds, as every time is shown: a duration then matches the times it is read from.
     occurred_at = occurred_at or utcnow().replace(microsecond=0)
@@ -126,6 +132,7 @@ def emit_internal(
         payload={"type": type, "data": {"meetingId": meeting.id}},
         meeting_id=meeting.id,
         user_id=meeting.user_id,
+        process_later=False,
     )
     return event, apply_event(session, event.id)
 
@@ -193,7 +200,9 @@ def apply_event(session: Session, event_id: int, *, now: dt.datetime | None = No
         # One sequence number per batch: a correction is numbered after what it corrects.
         meeting.event_sequence += 1
         session.flush()
-        delivery_ids += deliveries.create_for_event(session, by_id[defining_id], meeting, now=now)
+        delivery_ids += outbox.create_for_event(session, by_id[defining_id], meeting, now=now)
+    if meeting.status == "ended" and end_was != end_is:
+        alert_triggers.meeting_ended(session, meeting, now)
     return Applied(outcome=event.outcome, delivery_ids=delivery_ids)
 
 

@@ -26,7 +26,6 @@ from receiver import get_settings
 from receiver.bodies import parse_json_object, read_object, read_raw
 from receiver.db import get_session
 from receiver.errors import error_response
-from receiver.tasks import enqueue
 
 log = logging.getLogger(__name__)
 bp = Blueprint("events", __name__, url_prefix="/v1")
@@ -154,6 +153,8 @@ def ingest() -> Response:
             meeting_id=meeting.id if meeting else None,
             user_id=meeting.user_id if meeting else None,
         )
+        # Publishes its process_event wake-up: after the commit, so the worker finds the row.
+        # A lost message waits for the sweep.
         session.commit()
     except DATABASE_UNAVAILABLE:
         log.warning("receiver.ingest.database_unavailable", exc_info=True)
@@ -169,9 +170,6 @@ def ingest() -> Response:
     INGESTED.labels(result="accepted" if created else "duplicate", type=event.type).inc()
     if created and record.meeting_id is None:
         UNKNOWN_MEETING.labels(type=event.type).inc()
-    if created:
-        # After the commit: the worker must find the row. A lost message waits for the sweep.
-        enqueue("workers.events.process_event", event_id=record.id)
     # A duplicate gets the body the first delivery got, with 200 instead of 202.
     response = jsonify(id=record.public_id, status="accepted")
     response.status_code = 202 if created else 200

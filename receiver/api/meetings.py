@@ -14,7 +14,6 @@ from receiver import get_settings
 from receiver.auth import current_user, require_scope
 from receiver.bodies import read_object
 from receiver.db import get_session
-from receiver.tasks import enqueue
 
 bp = Blueprint("meetings", __name__, url_prefix="/v1/meetings")
 UNENCODED_OFFSET_RE = re.compile(r"^(.+[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?) (\d{2}:?\d{2})$")
@@ -74,10 +73,8 @@ def end(meeting_id: int) -> Response:
     """End a running meeting and emit meeting.end; ending twice is harmless."""
     session = get_session()
     user = current_user()
-    meeting, delivery_ids = meetings.end_meeting(session, user, meeting_id)
-    session.commit()
-    for delivery_id in delivery_ids:
-        enqueue("workers.deliveries.deliver", delivery_id=delivery_id)
+    meeting, _ = meetings.end_meeting(session, user, meeting_id)
+    session.commit()  # publishes the deliveries' wake-ups
     return _json(meetings.meeting_json(meeting, user, get_settings().base_url), 200)
 
 

@@ -11,17 +11,16 @@ from typing import Any, Literal
 from flask import Blueprint, Response, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field
 
+from core import pagination
 from core.db import utcnow
-from core.services import accounts, deliveries
-from core.validation import isoformat, validate
+from core.responses import DeliveryOut, DeliveryPage, SigningSecretOut
+from core.services import accounts, delivery_log
+from core.validation import validate
 from receiver import get_settings
 from receiver.auth import current_user, require_scope
 from receiver.db import get_session
-from receiver.tasks import enqueue
 
 bp = Blueprint("webhooks", __name__, url_prefix="/v1/webhooks")
-
-DELIVER_TASK = "workers.deliveries.deliver"
 
 
 class DeliveryQuery(BaseModel):
@@ -31,7 +30,7 @@ class DeliveryQuery(BaseModel):
 
     meeting_id: int | None = Field(default=None, alias="meetingId", ge=1)
     status: Literal["pending", "succeeded", "failed"] | None = None
-    limit: int = Field(default=deliveries.DEFAULT_PAGE_SIZE, ge=1, le=deliveries.MAX_PAGE_SIZE)
+    limit: int = Field(default=pagination.DEFAULT_PAGE_SIZE, ge=1, le=pagination.MAX_PAGE_SIZE)
     # Checked by the service, so that every bad cursor is the same 400 `invalid-cursor`.
     cursor: str | None = None
 
@@ -48,7 +47,7 @@ def list_deliveries() -> Response:
     """List the user's deliveries, newest first, one page at a time."""
     # An empty parameter (`?meetingId=&status=`, as a form leaves it) means "no filter".
     query = validate(DeliveryQuery, {k: v for k, v in request.args.items() if v != ""})
-    page, next_cursor = deliveries.list_deliveries(
+    page = delivery_log.list_deliveries(
         get_session(),
         current_user().id,
         meeting_id=query.meeting_id,
@@ -56,16 +55,18 @@ def list_deliveries() -> Response:
         limit=query.limit,
         cursor=query.cursor,
     )
-    return _json({"deliveries": page, "nextCursor": next_cursor})
+    body = DeliveryPage(
+        deliveries=[DeliveryOut.of(logged) for logged in page.items], nextCursor=page.next_cursor
+    )
+    return _json(body.render())
 
 
 @bp.get("/deliveries/<int:delivery_id>")
 @require_scope("start_meeting")
 def get_delivery(delivery_id: int) -> Response:
     """Show one delivery and its attempts."""
-    session = get_session()
-    delivery = deliveries.get_delivery(session, current_user().id, delivery_id)
-    return _json(deliveries.serialize(session, [delivery])[0])
+    logged = delivery_log.show(get_session(), current_user().id, delivery_id)
+    return _json(DeliveryOut.of(logged).render())
 
 
 @bp.post("/deliveries/<int:delivery_id>/redeliver")
@@ -73,20 +74,16 @@ def get_delivery(delivery_id: int) -> Response:
 def redeliver(delivery_id: int) -> Response:
     """Send a delivery again at once, with the same webhook-id: 202."""
     session = get_session()
-    delivery = deliveries.redeliver(
+    delivery = delivery_log.redeliver(
         session,
         current_user().id,
         delivery_id,
         now=utcnow(),
         max_attempts=len(get_settings().retry_schedule) + 1,
     )
-    session.commit()
-    enqueue(DELIVER_TASK, delivery_id=delivery.id)
-    return _json(deliveries.serialize(session, [delivery])[0], 202)
-
-
-def _secret_body(secret: str, previous_valid_until: Any) -> dict[str, Any]:
-    return {"signingSecret": secret, "previousSecretValidUntil": isoformat(previous_valid_until)}
+    session.commit()  # publishes its wake-up
+    (logged,) = delivery_log.with_attempts(session, [delivery])
+    return _json(DeliveryOut.of(logged).render(), 202)
 
 
 @bp.get("/signing-secret")
@@ -96,7 +93,8 @@ def signing_secret() -> Response:
     user = current_user()
     live = accounts.active_signing_secrets(user)
     until = user.previous_secret_valid_until if len(live) > 1 else None
-    return _json(_secret_body(user.signing_secret, until))
+    body = SigningSecretOut(signingSecret=user.signing_secret, previousSecretValidUntil=until)
+    return _json(body.render())
 
 
 @bp.post("/signing-secret/rotate")
@@ -106,4 +104,8 @@ def rotate_signing_secret() -> Response:
     session = get_session()
     user = accounts.rotate_signing_secret(session, current_user())
     session.commit()
-    return _json(_secret_body(user.signing_secret, user.previous_secret_valid_until))
+    body = SigningSecretOut(
+        signingSecret=user.signing_secret,
+        previousSecretValidUntil=user.previous_secret_valid_until,
+    )
+    return _json(body.render())

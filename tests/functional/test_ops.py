@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import re
+
+from flask import Flask
 from flask.testing import FlaskClient
 
 
@@ -51,3 +54,19 @@ def test_openapi_lists_what_each_endpoint_really_answers(client: FlaskClient) ->
     assert "application/x-www-form-urlencoded" in start["requestBody"]["content"]
     assert {"401", "403", "503"} <= set(paths["/v1/user"]["get"]["responses"])
     assert "409" not in paths["/v1/meetings/{meetingId}/end"]["post"]["responses"]
+
+
+def test_openapi_lists_every_served_api_route(app: Flask, client: FlaskClient) -> None:
+    documented = set(client.get("/openapi.json").get_json()["paths"])
+    served = {
+        re.sub(r"<(?:\w+:)?(\w+)>", lambda m: "{" + _camel(m.group(1)) + "}", rule.rule)
+        for rule in app.url_map.iter_rules()
+        if rule.rule.startswith("/v1/")
+    }
+    assert served <= documented, f"undocumented: {sorted(served - documented)}"
+    assert {path for path in documented if path.startswith("/v1/")} <= served
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)

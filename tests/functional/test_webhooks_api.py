@@ -15,7 +15,7 @@ from standardwebhooks import Webhook as StandardWebhook
 from core.config import Settings
 from core.db import utcnow
 from core.models import Delivery, DeliveryAttempt, User, Webhook
-from core.services import accounts, deliveries
+from core.services import accounts, delivery_states, outbound_http
 from tests.conftest import Account, Enqueued
 from tests.deliveries_helpers import attempts, load
 from workers.tasks.deliveries import run_delivery
@@ -52,10 +52,10 @@ def delivery_ids(session_factory: sessionmaker[Session]) -> list[int]:
 @pytest.fixture
 def attempt(
     session_factory: sessionmaker[Session], settings: Settings
-) -> Callable[[int], deliveries.Recorded | None]:
-    http = deliveries.make_http_session()
+) -> Callable[[int], delivery_states.Recorded | None]:
+    http = outbound_http.make_http_session()
 
-    def run(delivery_id: int) -> deliveries.Recorded | None:
+    def run(delivery_id: int) -> delivery_states.Recorded | None:
         return run_delivery(session_factory, delivery_id, settings=settings, http=http)
 
     return run
@@ -122,7 +122,7 @@ class TestListDeliveries:
         client: FlaskClient,
         account: Account,
         requests_mock: rm.Mocker,
-        attempt: Callable[[int], deliveries.Recorded | None],
+        attempt: Callable[[int], delivery_states.Recorded | None],
         session_factory: sessionmaker[Session],
     ) -> None:
         meeting_id = start_meeting(client, account)
@@ -193,7 +193,7 @@ class TestListDeliveries:
         client: FlaskClient,
         account: Account,
         requests_mock: rm.Mocker,
-        attempt: Callable[[int], deliveries.Recorded | None],
+        attempt: Callable[[int], delivery_states.Recorded | None],
         session_factory: sessionmaker[Session],
     ) -> None:
         first_meeting = start_meeting(client, account)
@@ -339,7 +339,7 @@ class TestRedeliver:
         client: FlaskClient,
         account: Account,
         requests_mock: rm.Mocker,
-        attempt: Callable[[int], deliveries.Recorded | None],
+        attempt: Callable[[int], delivery_states.Recorded | None],
         enqueued: Enqueued,
         session_factory: sessionmaker[Session],
     ) -> None:
@@ -371,7 +371,7 @@ class TestRedeliver:
         client: FlaskClient,
         account: Account,
         requests_mock: rm.Mocker,
-        attempt: Callable[[int], deliveries.Recorded | None],
+        attempt: Callable[[int], delivery_states.Recorded | None],
         session_factory: sessionmaker[Session],
     ) -> None:
         start_meeting(client, account)
@@ -395,7 +395,7 @@ class TestRedeliver:
         client: FlaskClient,
         account: Account,
         requests_mock: rm.Mocker,
-        attempt: Callable[[int], deliveries.Recorded | None],
+        attempt: Callable[[int], delivery_states.Recorded | None],
         enqueued: Enqueued,
         session_factory: sessionmaker[Session],
     ) -> None:
@@ -418,7 +418,7 @@ class TestRedeliver:
         client: FlaskClient,
         account: Account,
         requests_mock: rm.Mocker,
-        attempt: Callable[[int], deliveries.Recorded | None],
+        attempt: Callable[[int], delivery_states.Recorded | None],
         session_factory: sessionmaker[Session],
     ) -> None:
         meeting_id = start_meeting(client, account)
@@ -448,7 +448,7 @@ class TestRedeliver:
         start_meeting(client, account)
         (delivery_id,) = delivery_ids(session_factory)
         with session_factory.begin() as session:
-            deliveries.claim(session, delivery_id, now=utcnow(), lease=dt.timedelta(minutes=1))
+            delivery_states.claim(session, delivery_id, now=utcnow(), lease=dt.timedelta(minutes=1))
         enqueued.calls.clear()
         before = snapshot(session_factory)
         response = client.post(
@@ -490,7 +490,7 @@ class TestSigningSecret:
         client: FlaskClient,
         account: Account,
         requests_mock: rm.Mocker,
-        attempt: Callable[[int], deliveries.Recorded | None],
+        attempt: Callable[[int], delivery_states.Recorded | None],
         session_factory: sessionmaker[Session],
     ) -> None:
         old = client.get("/v1/webhooks/signing-secret", headers=account.headers).get_json()
@@ -543,7 +543,7 @@ END_HOOK = "https://93.184.216.34/end"
 def run_and_end(
     client: FlaskClient,
     account: Account,
-    attempt: Callable[[int], deliveries.Recorded | None],
+    attempt: Callable[[int], delivery_states.Recorded | None],
     session_factory: sessionmaker[Session],
     webhooks: dict[str, Any],
 ) -> dict[str, Any]:
@@ -570,7 +570,7 @@ class TestCallbackBody:
         client: FlaskClient,
         account: Account,
         requests_mock: rm.Mocker,
-        attempt: Callable[[int], deliveries.Recorded | None],
+        attempt: Callable[[int], delivery_states.Recorded | None],
         session_factory: sessionmaker[Session],
     ) -> None:
         requests_mock.post(START_HOOK, status_code=204)
@@ -649,7 +649,7 @@ class TestCallbackBody:
         client: FlaskClient,
         account: Account,
         requests_mock: rm.Mocker,
-        attempt: Callable[[int], deliveries.Recorded | None],
+        attempt: Callable[[int], delivery_states.Recorded | None],
         session_factory: sessionmaker[Session],
     ) -> None:
         requests_mock.post(START_HOOK, status_code=204)
@@ -670,7 +670,7 @@ class TestCallbackBody:
         client: FlaskClient,
         account: Account,
         requests_mock: rm.Mocker,
-        attempt: Callable[[int], deliveries.Recorded | None],
+        attempt: Callable[[int], delivery_states.Recorded | None],
         session_factory: sessionmaker[Session],
     ) -> None:
         requests_mock.post(START_HOOK, status_code=204)
@@ -690,7 +690,7 @@ class TestCallbackBody:
         client: FlaskClient,
         account: Account,
         requests_mock: rm.Mocker,
-        attempt: Callable[[int], deliveries.Recorded | None],
+        attempt: Callable[[int], delivery_states.Recorded | None],
         session_factory: sessionmaker[Session],
     ) -> None:
         old = client.get("/v1/webhooks/signing-secret", headers=account.headers).get_json()
@@ -727,7 +727,7 @@ class TestRedeliverAfterDeadWorkers:
         client: FlaskClient,
         account: Account,
         requests_mock: rm.Mocker,
-        attempt: Callable[[int], deliveries.Recorded | None],
+        attempt: Callable[[int], delivery_states.Recorded | None],
         settings: Settings,
         session_factory: sessionmaker[Session],
     ) -> None:

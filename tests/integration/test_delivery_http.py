@@ -14,7 +14,7 @@ from standardwebhooks import Webhook as StandardWebhook
 from core import ssrf
 from core.config import Settings
 from core.models import User
-from core.services import deliveries
+from core.services import delivery_states, outbound_http
 from tests.callback_receiver import TLS_CA, Answer, CallbackReceiver
 from tests.conftest import Account
 from tests.deliveries_helpers import attempts, load, make_delivery, make_due
@@ -39,7 +39,7 @@ def receiver() -> Iterator[CallbackReceiver]:
 
 @pytest.fixture
 def http(local_settings: Settings) -> Iterator[requests.Session]:
-    session = deliveries.make_http_session(local_settings.callback_allowed_networks)
+    session = outbound_http.make_http_session(local_settings.callback_allowed_networks)
     yield session
     session.close()
 
@@ -47,8 +47,8 @@ def http(local_settings: Settings) -> Iterator[requests.Session]:
 @pytest.fixture
 def attempt(
     session_factory: sessionmaker[Session], local_settings: Settings, http: requests.Session
-) -> Callable[[int], deliveries.Recorded | None]:
-    def run(delivery_id: int) -> deliveries.Recorded | None:
+) -> Callable[[int], delivery_states.Recorded | None]:
+    def run(delivery_id: int) -> delivery_states.Recorded | None:
         return run_delivery(session_factory, delivery_id, settings=local_settings, http=http)
 
     return run
@@ -72,7 +72,7 @@ class TestRealReceiver:
     def test_delivery_arrives_signed_and_verifiable(
         self,
         receiver: CallbackReceiver,
-        attempt: Callable[[int], deliveries.Recorded | None],
+        attempt: Callable[[int], delivery_states.Recorded | None],
         session_factory: sessionmaker[Session],
         account: Account,
     ) -> None:
@@ -81,7 +81,7 @@ class TestRealReceiver:
         )
         receiver.answer(Answer(status=200, body=b'{"thanks":true}'))
         recorded = attempt(delivery_id)
-        assert recorded == deliveries.Recorded(status="succeeded")
+        assert recorded == delivery_states.Recorded(status="succeeded")
         (got,) = receiver.wait_for(1)
         delivery = load(session_factory, delivery_id)
         assert got.method == "POST"
@@ -101,7 +101,7 @@ class TestRealReceiver:
     def test_receiver_down_then_back_gets_the_callback_with_the_same_id(
         self,
         receiver: CallbackReceiver,
-        attempt: Callable[[int], deliveries.Recorded | None],
+        attempt: Callable[[int], delivery_states.Recorded | None],
         session_factory: sessionmaker[Session],
         account: Account,
     ) -> None:
@@ -112,7 +112,7 @@ class TestRealReceiver:
         assert recorded.status == "pending"
         receiver.start()
         make_due(session_factory, delivery_id)
-        assert attempt(delivery_id) == deliveries.Recorded(status="succeeded")
+        assert attempt(delivery_id) == delivery_states.Recorded(status="succeeded")
         (got,) = receiver.wait_for(1)
         assert got.headers["webhook-id"] == load(session_factory, delivery_id).message_id
         errors = [a.error for a in attempts(session_factory, delivery_id)]
@@ -121,7 +121,7 @@ class TestRealReceiver:
     def test_slow_receiver_times_out(
         self,
         receiver: CallbackReceiver,
-        attempt: Callable[[int], deliveries.Recorded | None],
+        attempt: Callable[[int], delivery_states.Recorded | None],
         session_factory: sessionmaker[Session],
         account: Account,
     ) -> None:
@@ -140,7 +140,7 @@ class TestRealReceiver:
     def test_receiver_trickling_its_headers_is_cut_off_at_twice_the_timeout(
         self,
         tls: bool,
-        attempt: Callable[[int], deliveries.Recorded | None],
+        attempt: Callable[[int], delivery_states.Recorded | None],
         session_factory: sessionmaker[Session],
         account: Account,
         hooks_test_on_loopback: None,
@@ -165,7 +165,7 @@ class TestRealReceiver:
     def test_huge_response_body_is_cut_at_4_kib(
         self,
         receiver: CallbackReceiver,
-        attempt: Callable[[int], deliveries.Recorded | None],
+        attempt: Callable[[int], delivery_states.Recorded | None],
         session_factory: sessionmaker[Session],
         account: Account,
     ) -> None:
@@ -179,7 +179,7 @@ class TestRealReceiver:
     def test_redirect_is_not_followed(
         self,
         receiver: CallbackReceiver,
-        attempt: Callable[[int], deliveries.Recorded | None],
+        attempt: Callable[[int], delivery_states.Recorded | None],
         session_factory: sessionmaker[Session],
         account: Account,
     ) -> None:
@@ -200,7 +200,7 @@ class TestRealReceiver:
     ) -> None:
         delivery_id = make_delivery(session_factory, account.id, receiver.url())
         strict = local_settings.model_copy(update={"callback_allowed_networks": ()})
-        with deliveries.make_http_session(()) as http:
+        with outbound_http.make_http_session(()) as http:
             run_delivery(session_factory, delivery_id, settings=strict, http=http)
         assert receiver.received == []
         (logged,) = attempts(session_factory, delivery_id)
@@ -209,7 +209,7 @@ class TestRealReceiver:
     def test_keep_alive_reuses_one_connection(
         self,
         receiver: CallbackReceiver,
-        attempt: Callable[[int], deliveries.Recorded | None],
+        attempt: Callable[[int], delivery_states.Recorded | None],
         session_factory: sessionmaker[Session],
         account: Account,
         monkeypatch: pytest.MonkeyPatch,
@@ -226,13 +226,13 @@ class TestRealReceiver:
             for _ in range(3)
         ]
         for delivery_id in ids:
-            assert attempt(delivery_id) == deliveries.Recorded(status="succeeded")
+            assert attempt(delivery_id) == delivery_states.Recorded(status="succeeded")
         assert len(receiver.wait_for(3)) == 3
         assert lookups == ["hooks.test"]  # one connection, one lookup, reused
 
     def test_https_to_a_hostname_pinned_to_the_checked_address(
         self,
-        attempt: Callable[[int], deliveries.Recorded | None],
+        attempt: Callable[[int], delivery_states.Recorded | None],
         session_factory: sessionmaker[Session],
         account: Account,
         hooks_test_on_loopback: None,
@@ -240,7 +240,7 @@ class TestRealReceiver:
         server = CallbackReceiver(tls=True).start()
         try:
             delivery_id = make_delivery(session_factory, account.id, server.url(host="hooks.test"))
-            assert attempt(delivery_id) == deliveries.Recorded(status="succeeded")
+            assert attempt(delivery_id) == delivery_states.Recorded(status="succeeded")
             (got,) = server.wait_for(1)
             assert got.server_name == "hooks.test"
             wrong = make_delivery(session_factory, account.id, server.url(host="wrong.test"))

@@ -271,6 +271,14 @@ def check_0003(conn: Connection) -> None:
     assert row.meeting_sequence == SEQUENCE
 
 
+def check_0004(conn: Connection) -> None:
+    """The existing delivery keeps its event as its subject and its webhook as destination."""
+    row = conn.execute(
+        sa.text("SELECT event_id, alert_id, webhook_id, alert_rule_id FROM deliveries WHERE id = 1")
+    ).one()
+    assert tuple(row) == (1, None, 1, None)
+
+
 @dataclass(frozen=True)
 class Revision:
     """What the migration tests do at one revision."""
@@ -287,6 +295,7 @@ REVISIONS: dict[str, Revision] = {
     "0001": Revision(seed=seed_0001),
     "0002": Revision(check=check_0002),
     "0003": Revision(check=check_0003, downgrade_restores_rows=False),
+    "0004": Revision(check=check_0004),
 }
 
 

@@ -1,5 +1,5 @@
 """Celery tasks; importing this package registers them all (autodiscovery imports it)."""
 
-from workers.tasks import deliveries, events
+from workers.tasks import alerts, deliveries, events
 
-__all__ = ["deliveries", "events"]
+__all__ = ["alerts", "deliveries", "events"]

@@ -12,8 +12,9 @@ from celery import shared_task
 from prometheus_client import Counter, Histogram
 from sqlalchemy.exc import OperationalError
 
+from core import task_names
 from core.db import utcnow
-from core.services import deliveries
+from core.services import delivery_states, outbound_http, outbox
 from workers.celery_app import DELIVERIES_QUEUE, DbTask
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ LATENCY = Histogram(
 # A sweep wakes at most this many deliveries; the next sweep takes the rest.
 SWEEP_BATCH = 500
 # Above the longest attempt the largest CALLBACK_TIMEOUT_SECONDS (300) allows (see
-# deliveries.lease_duration), and well under the broker's visibility timeout (3600 s).
+# delivery_states.lease_duration), and well under the broker's visibility timeout (3600 s).
 SOFT_TIME_LIMIT = 960
 TIME_LIMIT = 1020
 
@@ -55,7 +56,7 @@ def http_session(settings: Settings) -> requests.Session:
     global _http, _http_pid  # noqa: PLW0603  (one pool per process, as DbTask's engine)
     with _http_building:
         if _http is None or _http_pid != os.getpid():
-            _http = deliveries.make_http_session(
+            _http = outbound_http.make_http_session(
                 settings.callback_allowed_networks, pool_maxsize=max(10, DbTask.threads)
             )
             _http_pid = os.getpid()
@@ -69,7 +70,7 @@ def run_delivery(
     settings: Settings,
     http: requests.Session,
     rng: random.Random | None = None,
-) -> deliveries.Recorded | None:
+) -> delivery_states.Recorded | None:
     """Make one attempt of a delivery if it is due: claim, send, record.
 
     Each database step is its own short transaction; the HTTP request runs between them
@@ -78,20 +79,20 @@ def run_delivery(
     before a long wait for the lock could run out while the attempt is still going).
     """
     with session_factory.begin() as session:
-        claimed = deliveries.claim(
+        claimed = delivery_states.claim(
             session,
             delivery_id,
-            lease=deliveries.lease_duration(settings),
+            lease=delivery_states.lease_duration(settings),
             max_attempts=len(settings.retry_schedule) + 1,
         )
     if claimed is None:
         return None
-    outcome = deliveries.send(http, claimed, timeout=settings.callback_timeout_seconds)
+    outcome = outbound_http.send(http, claimed, timeout=settings.callback_timeout_seconds)
     ATTEMPTS.labels(result=outcome.error or "2xx").inc()
     if outcome.status_code is not None:
         LATENCY.observe(outcome.latency_ms / 1000)
     with session_factory.begin() as session:
-        recorded = deliveries.record(
+        recorded = delivery_states.record(
             session,
             claimed,
             outcome,
@@ -109,7 +110,7 @@ def run_delivery(
 
 
 @shared_task(  # type: ignore[untyped-decorator]  # celery ships no annotations
-    name="workers.deliveries.deliver",
+    name=task_names.DELIVER,
     base=DbTask,
     bind=True,
     acks_late=True,
@@ -130,7 +131,7 @@ def deliver(self: DbTask, delivery_id: int, **_compat: object) -> None:
 
 
 @shared_task(  # type: ignore[untyped-decorator]  # celery ships no annotations
-    name="workers.sweep.sweep_deliveries",
+    name=task_names.SWEEP_DELIVERIES,
     base=DbTask,
     bind=True,
     ignore_result=True,
@@ -142,10 +143,11 @@ def sweep_deliveries(self: DbTask, **_compat: object) -> int:
     settings = self.get_settings()
     now = utcnow()
     with self.session_scope() as session:
-        ids = deliveries.due_ids(
-            session, now, SWEEP_BATCH, resend_after=deliveries.lease_duration(settings)
+        ids = outbox.due_ids(
+            session, now, SWEEP_BATCH, resend_after=delivery_states.lease_duration(settings)
         )
-        deliveries.mark_enqueued(session, ids, now)
+        outbox.mark_enqueued(session, ids, now)
+    # Sent here, not noted: the commit above recorded the wake-ups (`last_enqueued_at`).
     for delivery_id in ids:
         deliver.apply_async(kwargs={"delivery_id": delivery_id}, queue=DELIVERIES_QUEUE)
     if ids:

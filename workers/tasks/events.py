@@ -10,9 +10,10 @@ from prometheus_client import Counter
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from core import task_names
 from core.db import utcnow
 from core.services import events, inbox
-from workers.celery_app import DELIVERIES_QUEUE, EVENTS_QUEUE, DbTask
+from workers.celery_app import EVENTS_QUEUE, DbTask
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ STUCK_AFTER_RESENDS = 5
 
 
 @shared_task(  # type: ignore[untyped-decorator]  # celery ships no annotations
-    name="workers.events.process_event",
+    name=task_names.PROCESS_EVENT,
     base=DbTask,
     bind=True,
     acks_late=True,
@@ -46,28 +47,17 @@ STUCK_AFTER_RESENDS = 5
 )
 def process_event(self: DbTask, event_id: int, **_compat: object) -> str:
     """Apply one recorded event to its meeting; safe to run twice."""
+    # The commit publishes the new deliveries' wake-ups: each row exists before its message.
     with self.session_scope() as session:
         applied = events.apply_event(session, event_id)
     PROCESSED.labels(outcome="already-processed" if applied.repeated else applied.outcome).inc()
-    # After the commit: a delivery row exists before its wake-up is sent.
-    for delivery_id in applied.delivery_ids:
-        try:
-            self.app.send_task(
-                "workers.deliveries.deliver",
-                kwargs={"delivery_id": delivery_id},
-                queue=DELIVERIES_QUEUE,
-            )
-        except Exception:  # the delivery row is the work; its sweep re-sends the wake-up
-            log.warning(
-                "workers.event.wake_delivery_failed delivery=%s", delivery_id, exc_info=True
-            )
     if applied.outcome != "applied" and not applied.repeated:
         log.info("workers.event.not_applied event=%s outcome=%s", event_id, applied.outcome)
     return applied.outcome
 
 
 @shared_task(  # type: ignore[untyped-decorator]  # celery ships no annotations
-    name="workers.sweep.sweep_inbox",
+    name=task_names.SWEEP_INBOX,
     base=DbTask,
     bind=True,
     ignore_result=True,
@@ -90,7 +80,8 @@ def sweep_inbox(self: DbTask, **_compat: object) -> int:
     if stuck:
         log.warning("workers.sweep.inbox_stuck events=%s", stuck)
     for event_id in ids:
-        # A failed publish (broker down) leaves the event to a later sweep.
+        # Sent here, not noted: the commit above recorded the re-send, and a failed publish
+        # (broker down) leaves the event to a later sweep.
         process_event.apply_async(kwargs={"event_id": event_id}, queue=EVENTS_QUEUE)
     if ids:
         log.info("workers.sweep.inbox woke=%d", len(ids))

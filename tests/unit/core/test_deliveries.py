@@ -21,7 +21,8 @@ from core.config import Settings
 from core.db import utcnow
 from core.errors import ConfigError, Conflict, NotFound, ValidationFailed
 from core.models import Delivery, DeliveryAttempt, Event, Meeting, User, Webhook
-from core.services import accounts, deliveries
+from core.responses import DeliveryOut
+from core.services import accounts, delivery_log, delivery_states, outbound_http, outbox
 from tests.conftest import Account
 from tests.deliveries_helpers import (
     attempts,
@@ -37,14 +38,14 @@ SCHEDULE = (5, 300, 1800, 7200, 18000, 36000, 36000)
 
 @pytest.fixture
 def http() -> requests.Session:
-    return deliveries.make_http_session()
+    return outbound_http.make_http_session()
 
 
 @pytest.fixture
 def attempt(
     session_factory: sessionmaker[Session], settings: Settings, http: requests.Session
-) -> Callable[..., deliveries.Recorded | None]:
-    def run(delivery_id: int, rng: random.Random | None = None) -> deliveries.Recorded | None:
+) -> Callable[..., delivery_states.Recorded | None]:
+    def run(delivery_id: int, rng: random.Random | None = None) -> delivery_states.Recorded | None:
         return run_delivery(session_factory, delivery_id, settings=settings, http=http, rng=rng)
 
     return run
@@ -66,13 +67,13 @@ class TestSuccess:
     def test_2xx_succeeds_and_logs_the_attempt(
         self,
         requests_mock: rm.Mocker,
-        attempt: Callable[..., deliveries.Recorded | None],
+        attempt: Callable[..., delivery_states.Recorded | None],
         session_factory: sessionmaker[Session],
         delivery_id: int,
     ) -> None:
         requests_mock.post(HOOK, status_code=200, text='{"ok":true}')
         recorded = attempt(delivery_id)
-        assert recorded == deliveries.Recorded(status="succeeded")
+        assert recorded == delivery_states.Recorded(status="succeeded")
         delivery = load(session_factory, delivery_id)
         assert delivery.status == "succeeded"
         assert delivery.next_attempt_at is None
@@ -89,7 +90,7 @@ class TestSuccess:
     def test_request_is_the_stored_body_with_signed_headers(
         self,
         requests_mock: rm.Mocker,
-        attempt: Callable[..., deliveries.Recorded | None],
+        attempt: Callable[..., delivery_states.Recorded | None],
         session_factory: sessionmaker[Session],
         delivery_id: int,
         account: Account,
@@ -118,7 +119,7 @@ class TestSuccess:
         self,
         status: int,
         requests_mock: rm.Mocker,
-        attempt: Callable[..., deliveries.Recorded | None],
+        attempt: Callable[..., delivery_states.Recorded | None],
         delivery_id: int,
     ) -> None:
         requests_mock.post(HOOK, status_code=status)
@@ -129,7 +130,7 @@ class TestSuccess:
     def test_a_succeeded_delivery_is_not_sent_again(
         self,
         requests_mock: rm.Mocker,
-        attempt: Callable[..., deliveries.Recorded | None],
+        attempt: Callable[..., delivery_states.Recorded | None],
         delivery_id: int,
     ) -> None:
         requests_mock.post(HOOK, status_code=200)
@@ -160,7 +161,7 @@ class TestFailures:
         error: str,
         status_code: int | None,
         requests_mock: rm.Mocker,
-        attempt: Callable[..., deliveries.Recorded | None],
+        attempt: Callable[..., delivery_states.Recorded | None],
         session_factory: sessionmaker[Session],
         delivery_id: int,
     ) -> None:
@@ -185,7 +186,7 @@ class TestFailures:
     def test_redirect_is_a_failure_and_is_not_followed(
         self,
         requests_mock: rm.Mocker,
-        attempt: Callable[..., deliveries.Recorded | None],
+        attempt: Callable[..., delivery_states.Recorded | None],
         session_factory: sessionmaker[Session],
         delivery_id: int,
     ) -> None:
@@ -204,7 +205,7 @@ class TestFailures:
         self,
         status: int,
         requests_mock: rm.Mocker,
-        attempt: Callable[..., deliveries.Recorded | None],
+        attempt: Callable[..., delivery_states.Recorded | None],
         session_factory: sessionmaker[Session],
         delivery_id: int,
     ) -> None:
@@ -220,7 +221,7 @@ class TestFailures:
     def test_response_body_is_capped_at_4_kib(
         self,
         requests_mock: rm.Mocker,
-        attempt: Callable[..., deliveries.Recorded | None],
+        attempt: Callable[..., delivery_states.Recorded | None],
         session_factory: sessionmaker[Session],
         delivery_id: int,
     ) -> None:
@@ -236,13 +237,13 @@ class TestGone:
     def test_410_disables_the_webhook_and_fails_the_delivery(
         self,
         requests_mock: rm.Mocker,
-        attempt: Callable[..., deliveries.Recorded | None],
+        attempt: Callable[..., delivery_states.Recorded | None],
         session_factory: sessionmaker[Session],
         delivery_id: int,
     ) -> None:
         requests_mock.post(HOOK, status_code=410)
         recorded = attempt(delivery_id)
-        assert recorded == deliveries.Recorded(status="failed", webhook_disabled=True)
+        assert recorded == delivery_states.Recorded(status="failed", webhook_disabled=True)
         delivery = load(session_factory, delivery_id)
         assert delivery.status == "failed"
         assert delivery.next_attempt_at is None
@@ -255,7 +256,7 @@ class TestGone:
     def test_a_disabled_webhook_gets_no_new_deliveries(
         self,
         requests_mock: rm.Mocker,
-        attempt: Callable[..., deliveries.Recorded | None],
+        attempt: Callable[..., delivery_states.Recorded | None],
         session_factory: sessionmaker[Session],
         delivery_id: int,
     ) -> None:
@@ -268,12 +269,12 @@ class TestGone:
             meeting = session.get(Meeting, meeting_id)
             assert event is not None
             assert meeting is not None
-            assert deliveries.create_for_event(session, event, meeting, now=utcnow()) == []
+            assert outbox.create_for_event(session, event, meeting, now=utcnow()) == []
 
     def test_pending_delivery_of_a_disabled_webhook_fails_without_a_request(
         self,
         requests_mock: rm.Mocker,
-        attempt: Callable[..., deliveries.Recorded | None],
+        attempt: Callable[..., delivery_states.Recorded | None],
         session_factory: sessionmaker[Session],
         delivery_id: int,
     ) -> None:
@@ -292,7 +293,7 @@ class TestGone:
     def test_410_stops_the_webhooks_waiting_deliveries(
         self,
         requests_mock: rm.Mocker,
-        attempt: Callable[..., deliveries.Recorded | None],
+        attempt: Callable[..., delivery_states.Recorded | None],
         session_factory: sessionmaker[Session],
         delivery_id: int,
         account: Account,
@@ -349,7 +350,7 @@ class TestRetryAfter:
         self,
         status: int,
         requests_mock: rm.Mocker,
-        attempt: Callable[..., deliveries.Recorded | None],
+        attempt: Callable[..., delivery_states.Recorded | None],
         session_factory: sessionmaker[Session],
         delivery_id: int,
     ) -> None:
@@ -364,7 +365,7 @@ class TestRetryAfter:
     def test_retry_after_http_date(
         self,
         requests_mock: rm.Mocker,
-        attempt: Callable[..., deliveries.Recorded | None],
+        attempt: Callable[..., delivery_states.Recorded | None],
         session_factory: sessionmaker[Session],
         delivery_id: int,
     ) -> None:
@@ -381,7 +382,7 @@ class TestRetryAfter:
         self,
         value: str,
         requests_mock: rm.Mocker,
-        attempt: Callable[..., deliveries.Recorded | None],
+        attempt: Callable[..., delivery_states.Recorded | None],
         session_factory: sessionmaker[Session],
         delivery_id: int,
     ) -> None:
@@ -395,7 +396,7 @@ class TestRetryAfter:
     def test_retry_after_is_capped_at_24_hours(
         self,
         requests_mock: rm.Mocker,
-        attempt: Callable[..., deliveries.Recorded | None],
+        attempt: Callable[..., delivery_states.Recorded | None],
         session_factory: sessionmaker[Session],
         delivery_id: int,
     ) -> None:
@@ -410,7 +411,7 @@ class TestRetryAfter:
     def test_retry_after_on_a_500_is_ignored(
         self,
         requests_mock: rm.Mocker,
-        attempt: Callable[..., deliveries.Recorded | None],
+        attempt: Callable[..., delivery_states.Recorded | None],
         session_factory: sessionmaker[Session],
         delivery_id: int,
     ) -> None:
@@ -422,7 +423,7 @@ class TestRetryAfter:
 
     def test_parse_retry_after(self) -> None:
         now = dt.datetime(2026, 11, 24, 10, 0, tzinfo=dt.UTC)
-        parse = deliveries.parse_retry_after
+        parse = outbound_http.parse_retry_after
         assert parse("30", now=now) == dt.timedelta(seconds=30)
         assert parse(" 30 ", now=now) == dt.timedelta(seconds=30)
         assert parse("Tue, 24 Nov 2026 10:05:00 GMT", now=now) == dt.timedelta(minutes=5)
@@ -436,7 +437,9 @@ class TestSchedule:
     @pytest.mark.parametrize(("attempts_made", "base"), list(enumerate(SCHEDULE, start=1)))
     def test_jitter_stays_within_20_percent(self, attempts_made: int, base: int) -> None:
         rng = random.Random(attempts_made)
-        delays = [deliveries.retry_delay(SCHEDULE, attempts_made, rng=rng) for _ in range(2000)]
+        delays = [
+            delivery_states.retry_delay(SCHEDULE, attempts_made, rng=rng) for _ in range(2000)
+        ]
         seconds = [d.total_seconds() for d in delays if d is not None]
         assert len(seconds) == 2000
         assert min(seconds) >= base * 0.8
@@ -453,19 +456,19 @@ class TestSchedule:
             def uniform(self, a: float, b: float) -> float:
                 return a + (b - a) * self.value
 
-        low = deliveries.retry_delay(SCHEDULE, 2, rng=Fixed(0.0))
-        high = deliveries.retry_delay(SCHEDULE, 2, rng=Fixed(1.0))
+        low = delivery_states.retry_delay(SCHEDULE, 2, rng=Fixed(0.0))
+        high = delivery_states.retry_delay(SCHEDULE, 2, rng=Fixed(1.0))
         assert low == dt.timedelta(seconds=240)
         assert high == dt.timedelta(seconds=360)
 
     def test_schedule_spent_returns_none(self) -> None:
-        assert deliveries.retry_delay(SCHEDULE, len(SCHEDULE) + 1) is None
-        assert deliveries.retry_delay(SCHEDULE, 0) is None
+        assert delivery_states.retry_delay(SCHEDULE, len(SCHEDULE) + 1) is None
+        assert delivery_states.retry_delay(SCHEDULE, 0) is None
 
     def test_each_retry_waits_its_own_delay_then_the_delivery_fails(
         self,
         requests_mock: rm.Mocker,
-        attempt: Callable[..., deliveries.Recorded | None],
+        attempt: Callable[..., delivery_states.Recorded | None],
         session_factory: sessionmaker[Session],
         delivery_id: int,
     ) -> None:
@@ -482,7 +485,7 @@ class TestSchedule:
             assert next_at <= after + dt.timedelta(seconds=base * 1.2)
             make_due(session_factory, delivery_id)
         recorded = attempt(delivery_id)
-        assert recorded == deliveries.Recorded(status="failed")
+        assert recorded == delivery_states.Recorded(status="failed")
         delivery = load(session_factory, delivery_id)
         assert delivery.status == "failed"
         assert delivery.next_attempt_at is None
@@ -499,7 +502,7 @@ class TestSchedule:
     def test_a_delivery_that_is_not_due_is_not_sent(
         self,
         requests_mock: rm.Mocker,
-        attempt: Callable[..., deliveries.Recorded | None],
+        attempt: Callable[..., delivery_states.Recorded | None],
         delivery_id: int,
     ) -> None:
         requests_mock.post(HOOK, status_code=500)
@@ -524,7 +527,7 @@ class TestSignatures:
         self,
         custom: Any,
         requests_mock: rm.Mocker,
-        attempt: Callable[..., deliveries.Recorded | None],
+        attempt: Callable[..., delivery_states.Recorded | None],
         session_factory: sessionmaker[Session],
         account: Account,
     ) -> None:
@@ -540,7 +543,7 @@ class TestSignatures:
     def test_rotation_signs_with_both_secrets_for_24_hours(
         self,
         requests_mock: rm.Mocker,
-        attempt: Callable[..., deliveries.Recorded | None],
+        attempt: Callable[..., delivery_states.Recorded | None],
         session_factory: sessionmaker[Session],
         delivery_id: int,
         account: Account,
@@ -600,9 +603,9 @@ class TestLease:
         now = utcnow()
         lease = dt.timedelta(seconds=50)
         with session_factory.begin() as session:
-            first = deliveries.claim(session, delivery_id, now=now, lease=lease)
+            first = delivery_states.claim(session, delivery_id, now=now, lease=lease)
         with session_factory.begin() as session:
-            second = deliveries.claim(session, delivery_id, now=now, lease=lease)
+            second = delivery_states.claim(session, delivery_id, now=now, lease=lease)
         assert first is not None
         assert second is None
 
@@ -611,12 +614,12 @@ class TestLease:
     ) -> None:
         now = utcnow()
         barrier = threading.Barrier(6)
-        results: list[deliveries.Claim | None] = []
+        results: list[delivery_states.Claim | None] = []
 
         def contend() -> None:
             barrier.wait()
             with session_factory.begin() as session:
-                claimed = deliveries.claim(
+                claimed = delivery_states.claim(
                     session, delivery_id, now=now, lease=dt.timedelta(seconds=50)
                 )
             results.append(claimed)
@@ -637,10 +640,10 @@ class TestLease:
         now = utcnow()
         lease = dt.timedelta(seconds=50)
         with session_factory.begin() as session:
-            first = deliveries.claim(session, delivery_id, now=now, lease=lease)
+            first = delivery_states.claim(session, delivery_id, now=now, lease=lease)
         later = now + lease + dt.timedelta(seconds=1)
         with session_factory.begin() as session:
-            second = deliveries.claim(session, delivery_id, now=later, lease=lease)
+            second = delivery_states.claim(session, delivery_id, now=later, lease=lease)
         assert first is not None
         assert second is not None
         assert second.message_id == first.message_id
@@ -656,22 +659,24 @@ class TestLease:
         now = utcnow()
         lease = dt.timedelta(seconds=50)
         with session_factory.begin() as session:
-            stale = deliveries.claim(session, delivery_id, now=now, lease=lease)
+            stale = delivery_states.claim(session, delivery_id, now=now, lease=lease)
         with session_factory.begin() as session:
-            fresh = deliveries.claim(
+            fresh = delivery_states.claim(
                 session, delivery_id, now=now + dt.timedelta(minutes=5), lease=lease
             )
         assert stale is not None
         assert fresh is not None
-        failure = deliveries.Outcome(status_code=500, latency_ms=3, error="http-500")
+        failure = outbound_http.Outcome(status_code=500, latency_ms=3, error="http-500")
         with session_factory.begin() as session:
-            recorded = deliveries.record(session, stale, failure, now=utcnow(), schedule=SCHEDULE)
+            recorded = delivery_states.record(
+                session, stale, failure, now=utcnow(), schedule=SCHEDULE
+            )
         assert recorded is not None
         assert recorded.stale
         assert load(session_factory, delivery_id).locked_until == fresh.lease
-        success = deliveries.Outcome(status_code=200, latency_ms=3, error=None)
+        success = outbound_http.Outcome(status_code=200, latency_ms=3, error=None)
         with session_factory.begin() as session:
-            deliveries.record(session, fresh, success, now=utcnow(), schedule=SCHEDULE)
+            delivery_states.record(session, fresh, success, now=utcnow(), schedule=SCHEDULE)
         assert load(session_factory, delivery_id).status == "succeeded"
         assert [a.error for a in attempts(session_factory, delivery_id)] == ["http-500", None]
 
@@ -682,14 +687,14 @@ class TestLease:
         now = utcnow()
         for number in range(3):
             with session_factory.begin() as session:
-                claimed = deliveries.claim(
+                claimed = delivery_states.claim(
                     session, delivery_id, now=now + number * 2 * lease, lease=lease, max_attempts=3
                 )
             assert claimed is not None  # ... and its worker dies before recording
         with session_factory.begin() as session:
             later = now + 6 * lease
             assert (
-                deliveries.claim(session, delivery_id, now=later, lease=lease, max_attempts=3)
+                delivery_states.claim(session, delivery_id, now=later, lease=lease, max_attempts=3)
                 is None
             )
         delivery = load(session_factory, delivery_id)
@@ -699,7 +704,7 @@ class TestLease:
     def test_an_unexpected_error_while_sending_is_recorded(
         self,
         requests_mock: rm.Mocker,
-        attempt: Callable[..., deliveries.Recorded | None],
+        attempt: Callable[..., delivery_states.Recorded | None],
         session_factory: sessionmaker[Session],
         delivery_id: int,
         caplog: pytest.LogCaptureFixture,
@@ -713,7 +718,7 @@ class TestLease:
         assert "core.delivery.send_failed" in caplog.text
 
     def test_lease_covers_the_longest_attempt(self, settings: Settings) -> None:
-        assert deliveries.lease_duration(settings) > dt.timedelta(
+        assert delivery_states.lease_duration(settings) > dt.timedelta(
             seconds=2 * settings.callback_timeout_seconds
         )
 
@@ -721,7 +726,7 @@ class TestLease:
 class TestSsrfAtDelivery:
     def test_literal_private_address_is_refused_and_logged(
         self,
-        attempt: Callable[..., deliveries.Recorded | None],
+        attempt: Callable[..., delivery_states.Recorded | None],
         session_factory: sessionmaker[Session],
         account: Account,
     ) -> None:
@@ -735,7 +740,7 @@ class TestSsrfAtDelivery:
 
     def test_hostname_whose_answer_changed_since_registration_is_refused(
         self,
-        attempt: Callable[..., deliveries.Recorded | None],
+        attempt: Callable[..., delivery_states.Recorded | None],
         session_factory: sessionmaker[Session],
         account: Account,
         monkeypatch: pytest.MonkeyPatch,
@@ -751,7 +756,7 @@ class TestSsrfAtDelivery:
 
     def test_unresolvable_hostname_is_a_dns_error(
         self,
-        attempt: Callable[..., deliveries.Recorded | None],
+        attempt: Callable[..., delivery_states.Recorded | None],
         session_factory: sessionmaker[Session],
         account: Account,
         monkeypatch: pytest.MonkeyPatch,
@@ -774,26 +779,26 @@ class TestSweep:
         now = utcnow()
         with session_factory.begin() as session:
             # Fresh deliveries were woken when created: the sweep leaves them to their message.
-            assert deliveries.due_ids(session, now) == []
+            assert outbox.due_ids(session, now) == []
             session.execute(sa.update(Delivery).values(last_enqueued_at=None))
             rows = {d.id: d for d in session.scalars(sa.select(Delivery))}
             rows[ids[1]].next_attempt_at = now + dt.timedelta(minutes=5)
             rows[ids[2]].locked_until = now + dt.timedelta(minutes=10)
             rows[ids[3]].status = "succeeded"
         with session_factory.begin() as session:
-            assert deliveries.due_ids(session, now) == [ids[0]]
-            deliveries.mark_enqueued(session, [ids[0]], now)
+            assert outbox.due_ids(session, now) == [ids[0]]
+            outbox.mark_enqueued(session, [ids[0]], now)
         with session_factory.begin() as session:
-            assert deliveries.due_ids(session, now + dt.timedelta(seconds=1)) == []
+            assert outbox.due_ids(session, now + dt.timedelta(seconds=1)) == []
             resend = dt.timedelta(seconds=50)
-            assert deliveries.due_ids(session, now + resend, resend_after=resend) == [ids[0]]
+            assert outbox.due_ids(session, now + resend, resend_after=resend) == [ids[0]]
             later = now + dt.timedelta(minutes=6)
-            assert deliveries.due_ids(session, later) == [ids[1]]
+            assert outbox.due_ids(session, later) == [ids[1]]
 
     def test_retry_becomes_due_for_the_sweep(
         self,
         requests_mock: rm.Mocker,
-        attempt: Callable[..., deliveries.Recorded | None],
+        attempt: Callable[..., delivery_states.Recorded | None],
         session_factory: sessionmaker[Session],
         delivery_id: int,
     ) -> None:
@@ -802,20 +807,20 @@ class TestSweep:
         next_at = load(session_factory, delivery_id).next_attempt_at
         assert next_at is not None
         with session_factory() as session:
-            assert deliveries.due_ids(session, utcnow()) == []
-            assert deliveries.due_ids(session, next_at) == [delivery_id]
+            assert outbox.due_ids(session, utcnow()) == []
+            assert outbox.due_ids(session, next_at) == [delivery_id]
 
     def test_a_dead_workers_lease_is_swept_after_it_expires(
         self, session_factory: sessionmaker[Session], delivery_id: int, settings: Settings
     ) -> None:
-        lease = deliveries.lease_duration(settings)
+        lease = delivery_states.lease_duration(settings)
         now = utcnow()
         with session_factory.begin() as session:
-            assert deliveries.claim(session, delivery_id, now=now, lease=lease) is not None
+            assert delivery_states.claim(session, delivery_id, now=now, lease=lease) is not None
         with session_factory() as session:
-            assert deliveries.due_ids(session, now, resend_after=lease) == []
+            assert outbox.due_ids(session, now, resend_after=lease) == []
             after = now + lease + dt.timedelta(seconds=1)
-            assert deliveries.due_ids(session, after, resend_after=lease) == [delivery_id]
+            assert outbox.due_ids(session, after, resend_after=lease) == [delivery_id]
 
 
 class TestLog:
@@ -827,10 +832,9 @@ class TestLog:
         cursor = None
         with session_factory() as session:
             while True:
-                page, cursor = deliveries.list_deliveries(
-                    session, account.id, limit=2, cursor=cursor
-                )
-                seen += [d["id"] for d in page]
+                page = delivery_log.list_deliveries(session, account.id, limit=2, cursor=cursor)
+                cursor = page.next_cursor
+                seen += [logged.delivery.id for logged in page.items]
                 if cursor is None:
                     break
                 assert str(ids[0]) not in cursor or not cursor.isdigit()
@@ -841,7 +845,7 @@ class TestLog:
         self, cursor: str, session_factory: sessionmaker[Session], account: Account
     ) -> None:
         with session_factory() as session, pytest.raises(ValidationFailed) as refused:
-            deliveries.list_deliveries(session, account.id, cursor=cursor)
+            delivery_log.list_deliveries(session, account.id, cursor=cursor)
         assert refused.value.code == "invalid-cursor"
 
     def test_another_users_delivery_is_not_found(
@@ -852,24 +856,24 @@ class TestLog:
     ) -> None:
         bob = make_account(email="bob@example.com")
         with session_factory() as session, pytest.raises(NotFound):
-            deliveries.get_delivery(session, bob.id, delivery_id)
+            delivery_log.get_delivery(session, bob.id, delivery_id)
         with session_factory() as session, pytest.raises(NotFound):
-            deliveries.redeliver(session, bob.id, delivery_id, now=utcnow())
+            delivery_log.redeliver(session, bob.id, delivery_id, now=utcnow())
 
     def test_redeliver_while_an_attempt_runs_is_a_conflict(
         self, session_factory: sessionmaker[Session], delivery_id: int, account: Account
     ) -> None:
         now = utcnow()
         with session_factory.begin() as session:
-            deliveries.claim(session, delivery_id, now=now, lease=dt.timedelta(seconds=50))
+            delivery_states.claim(session, delivery_id, now=now, lease=dt.timedelta(seconds=50))
         with session_factory() as session, pytest.raises(Conflict) as refused:
-            deliveries.redeliver(session, account.id, delivery_id, now=now)
+            delivery_log.redeliver(session, account.id, delivery_id, now=now)
         assert refused.value.code == "delivery-in-progress"
 
     def test_serialized_attempt_shape(
         self,
         requests_mock: rm.Mocker,
-        attempt: Callable[..., deliveries.Recorded | None],
+        attempt: Callable[..., delivery_states.Recorded | None],
         session_factory: sessionmaker[Session],
         delivery_id: int,
     ) -> None:
@@ -878,7 +882,8 @@ class TestLog:
         with session_factory() as session:
             delivery = session.get(Delivery, delivery_id)
             assert delivery is not None
-            (shown,) = deliveries.serialize(session, [delivery])
+            (logged,) = delivery_log.with_attempts(session, [delivery])
+            shown = DeliveryOut.of(logged).render()
             attempt_row = session.scalars(sa.select(DeliveryAttempt)).one()
         assert shown["webhookId"] == delivery.message_id
         assert shown["eventId"].startswith("evt_")
@@ -937,10 +942,10 @@ class TestTimeoutBudget:
         assert logged.latency_ms >= 100
 
     def test_outcome_succeeds_only_for_a_2xx_without_an_error(self) -> None:
-        assert deliveries.Outcome(status_code=204, latency_ms=1, error=None).succeeded
-        assert not deliveries.Outcome(status_code=200, latency_ms=9, error="timeout").succeeded
-        assert not deliveries.Outcome(status_code=302, latency_ms=1, error="redirect").succeeded
-        assert not deliveries.Outcome(status_code=None, latency_ms=1, error="timeout").succeeded
+        assert outbound_http.Outcome(status_code=204, latency_ms=1, error=None).succeeded
+        assert not outbound_http.Outcome(status_code=200, latency_ms=9, error="timeout").succeeded
+        assert not outbound_http.Outcome(status_code=302, latency_ms=1, error="redirect").succeeded
+        assert not outbound_http.Outcome(status_code=None, latency_ms=1, error="timeout").succeeded
 
 
 class TestHostileRetryAfter:
@@ -949,15 +954,15 @@ class TestHostileRetryAfter:
     )
     def test_parse_never_raises(self, value: str) -> None:
         now = dt.datetime(2026, 11, 24, 10, 0, tzinfo=dt.UTC)
-        parsed = deliveries.parse_retry_after(value, now=now)
-        assert parsed is None or dt.timedelta(0) <= parsed <= deliveries.MAX_RETRY_AFTER
+        parsed = outbound_http.parse_retry_after(value, now=now)
+        assert parsed is None or dt.timedelta(0) <= parsed <= outbound_http.MAX_RETRY_AFTER
 
     @pytest.mark.parametrize("value", ["9" * 5000, "99999999999999999999", "\u00b2"])
     def test_an_absurd_retry_after_is_recorded_and_capped(
         self,
         value: str,
         requests_mock: rm.Mocker,
-        attempt: Callable[..., deliveries.Recorded | None],
+        attempt: Callable[..., delivery_states.Recorded | None],
         session_factory: sessionmaker[Session],
         delivery_id: int,
     ) -> None:
@@ -967,7 +972,7 @@ class TestHostileRetryAfter:
         assert recorded.status == "pending"
         next_at = load(session_factory, delivery_id).next_attempt_at
         assert next_at is not None
-        assert next_at <= utcnow() + deliveries.MAX_RETRY_AFTER
+        assert next_at <= utcnow() + outbound_http.MAX_RETRY_AFTER
         (logged,) = attempts(session_factory, delivery_id)
         assert logged.error == "http-503"
 
@@ -978,9 +983,9 @@ class TestFractionalSchedule:
             def uniform(self, a: float, b: float) -> float:
                 return (a + b) / 2
 
-        assert deliveries.retry_delay((0.5, 1.5), 1, rng=Middle()) == dt.timedelta(seconds=0.5)
-        assert deliveries.retry_delay((0.5, 1.5), 2, rng=Middle()) == dt.timedelta(seconds=1.5)
-        assert deliveries.retry_delay((0.5, 1.5), 3, rng=Middle()) is None
+        assert delivery_states.retry_delay((0.5, 1.5), 1, rng=Middle()) == dt.timedelta(seconds=0.5)
+        assert delivery_states.retry_delay((0.5, 1.5), 2, rng=Middle()) == dt.timedelta(seconds=1.5)
+        assert delivery_states.retry_delay((0.5, 1.5), 3, rng=Middle()) is None
 
     def test_schedule_from_the_environment(self) -> None:
         env = {"DATABASE_URL": "sqlite://", "BROKER_URL": "memory://"}
@@ -1000,7 +1005,7 @@ class TestGoneAfterReRegistration:
     def test_410_from_an_old_url_does_not_disable_the_new_registration(
         self,
         requests_mock: rm.Mocker,
-        attempt: Callable[..., deliveries.Recorded | None],
+        attempt: Callable[..., delivery_states.Recorded | None],
         session_factory: sessionmaker[Session],
         delivery_id: int,
     ) -> None:
@@ -1013,7 +1018,7 @@ class TestGoneAfterReRegistration:
             webhook.callback_url = new_url  # registered again since the delivery was made
         requests_mock.post(HOOK, status_code=410)
         recorded = attempt(delivery_id)
-        assert recorded == deliveries.Recorded(status="failed", webhook_disabled=False)
+        assert recorded == delivery_states.Recorded(status="failed", webhook_disabled=False)
         assert load(session_factory, delivery_id).status == "failed"
         with session_factory() as session:
             assert session.scalars(sa.select(Webhook)).one().disabled_at is None

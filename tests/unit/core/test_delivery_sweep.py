@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.config import Settings
 from core.db import utcnow
 from core.models import Delivery
-from core.services import backoff, deliveries
+from core.services import backoff, delivery_log, delivery_states, outbound_http, outbox
 from tests.conftest import Account
 from tests.deliveries_helpers import load, make_delivery
 
@@ -23,7 +23,7 @@ SECOND = dt.timedelta(seconds=1)
 
 @pytest.fixture
 def lease(settings: Settings) -> dt.timedelta:
-    return deliveries.lease_duration(settings)
+    return delivery_states.lease_duration(settings)
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def set_row(session_factory: sessionmaker[Session], delivery_id: int, **values: 
 
 def due(session_factory: sessionmaker[Session], at: dt.datetime, lease: dt.timedelta) -> list[int]:
     with session_factory() as session:
-        return deliveries.due_ids(session, at, resend_after=lease)
+        return outbox.due_ids(session, at, resend_after=lease)
 
 
 def sweep(
@@ -46,20 +46,20 @@ def sweep(
 ) -> list[int]:
     """Run the sweep's two steps at `at`, as `workers.sweep.sweep_deliveries` does."""
     with session_factory.begin() as session:
-        ids = deliveries.due_ids(session, at, resend_after=lease)
-        deliveries.mark_enqueued(session, ids, at)
+        ids = outbox.due_ids(session, at, resend_after=lease)
+        outbox.mark_enqueued(session, ids, at)
     return ids
 
 
 def test_the_waits_double_from_the_lease_up_to_the_cap(lease: dt.timedelta) -> None:
     assert lease == dt.timedelta(seconds=50)  # CALLBACK_TIMEOUT_SECONDS 15
-    waits = backoff.resend_waits(lease, deliveries.MAX_RESEND_WAIT)
+    waits = backoff.resend_waits(lease, outbox.MAX_RESEND_WAIT)
     assert waits == [dt.timedelta(seconds=s) for s in (50, 100, 200, 300)]
     # A lease longer than the cap (CALLBACK_TIMEOUT_SECONDS 300): once a lease, no sooner.
     long_lease = dt.timedelta(seconds=905)
-    assert backoff.resend_waits(long_lease, deliveries.MAX_RESEND_WAIT) == [long_lease]
+    assert backoff.resend_waits(long_lease, outbox.MAX_RESEND_WAIT) == [long_lease]
     with pytest.raises(ValueError, match="positive"):
-        backoff.resend_waits(dt.timedelta(0), deliveries.MAX_RESEND_WAIT)
+        backoff.resend_waits(dt.timedelta(0), outbox.MAX_RESEND_WAIT)
 
 
 def test_each_resend_doubles_the_wait_and_the_cap_holds(
@@ -70,7 +70,7 @@ def test_each_resend_doubles_the_wait_and_the_cap_holds(
     assert woken is not None
     at = woken
     seen = []
-    for wait in [lease, 2 * lease, 4 * lease] + [deliveries.MAX_RESEND_WAIT] * 3:
+    for wait in [lease, 2 * lease, 4 * lease] + [outbox.MAX_RESEND_WAIT] * 3:
         assert due(session_factory, at + wait - SECOND, lease) == []
         assert sweep(session_factory, at + wait, lease) == [delivery_id]
         at += wait
@@ -100,7 +100,7 @@ def test_an_attempt_resets_the_count(
     now = utcnow()
     set_row(session_factory, delivery_id, enqueue_count=5)
     with session_factory.begin() as session:
-        claimed = deliveries.claim(session, delivery_id, lease=lease, now=now)
+        claimed = delivery_states.claim(session, delivery_id, lease=lease, now=now)
     assert claimed is not None
     assert load(session_factory, delivery_id).enqueue_count == 0
     # Its worker dies mid-attempt: the lease runs out, and the sweep re-sends at once,
@@ -119,12 +119,12 @@ def test_a_retry_is_woken_at_once_when_due_and_its_back_off_starts_over(
     now = utcnow()
     set_row(session_factory, delivery_id, enqueue_count=4)
     with session_factory.begin() as session:
-        claimed = deliveries.claim(session, delivery_id, lease=lease, now=now)
+        claimed = delivery_states.claim(session, delivery_id, lease=lease, now=now)
     assert claimed is not None
     set_row(session_factory, delivery_id, enqueue_count=4)  # as if re-sent during the attempt
-    failure = deliveries.Outcome(status_code=500, latency_ms=3, error="http-500")
+    failure = outbound_http.Outcome(status_code=500, latency_ms=3, error="http-500")
     with session_factory.begin() as session:
-        recorded = deliveries.record(session, claimed, failure, schedule=SCHEDULE, now=now)
+        recorded = delivery_states.record(session, claimed, failure, schedule=SCHEDULE, now=now)
     assert recorded is not None
     assert recorded.next_attempt_at is not None
     assert load(session_factory, delivery_id).enqueue_count == 0
@@ -146,7 +146,7 @@ def test_redeliver_resets_the_count(
     now = utcnow()
     set_row(session_factory, delivery_id, enqueue_count=6)
     with session_factory.begin() as session:
-        deliveries.redeliver(session, account.id, delivery_id, now=now)
+        delivery_log.redeliver(session, account.id, delivery_id, now=now)
     assert load(session_factory, delivery_id).enqueue_count == 0
     # The redeliver's caller sends the wake-up; the sweep re-sends it a lease later.
     assert due(session_factory, now + lease - SECOND, lease) == []

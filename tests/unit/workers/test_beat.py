@@ -72,5 +72,9 @@ def test_a_broker_refusing_the_connection_delays_the_sweeps_and_stops_nothing(
     finally:
         scheduler.close()
     assert len(refusals) == 2
-    assert set(sent) <= {"workers.sweep.sweep_inbox", "workers.sweep.sweep_deliveries"}
+    assert set(sent) <= {
+        "workers.sweep.sweep_inbox",
+        "workers.sweep.sweep_deliveries",
+        "workers.sweep.sweep_alerts",
+    }
     assert sent, "beat sent no sweep once the broker took connections again"

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Settings
 from core.db import is_sqlite, utcnow
-from core.services import deliveries
+from core.services import delivery_states, outbound_http
 from tests.callback_receiver import CallbackReceiver, Received
 from tests.conftest import Account
 from tests.deliveries_helpers import attempts, load, make_delivery
@@ -97,7 +97,7 @@ def test_a_lease_outlasting_a_long_wait_for_the_lock_keeps_a_second_worker_out(
             "callback_timeout_seconds": TIMEOUT,
         }
     )
-    lease = deliveries.lease_duration(local)
+    lease = delivery_states.lease_duration(local)
     delivery_id = make_delivery(session_factory, account.id, receiver.url())
 
     # Worker A's request is held until worker B has finished. B starts as soon as A's
@@ -120,10 +120,10 @@ def test_a_lease_outlasting_a_long_wait_for_the_lock_keeps_a_second_worker_out(
         spans.add(got.headers["webhook-id"], start, time.monotonic())
 
     receiver.on_request = hold
-    results: dict[str, deliveries.Recorded | None] = {}
+    results: dict[str, delivery_states.Recorded | None] = {}
 
     def worker(name: str) -> None:
-        http = deliveries.make_http_session(local.callback_allowed_networks)
+        http = outbound_http.make_http_session(local.callback_allowed_networks)
         try:
             results[name] = run_delivery(session_factory, delivery_id, settings=local, http=http)
         finally:

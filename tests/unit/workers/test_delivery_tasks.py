@@ -15,7 +15,7 @@ from standardwebhooks import Webhook as StandardWebhook
 from core.config import Settings
 from core.db import utcnow
 from core.models import Delivery, DeliveryAttempt, User
-from core.services import deliveries
+from core.services import delivery_states, outbound_http
 from tests.callback_receiver import Answer, CallbackReceiver
 from tests.conftest import Account
 from tests.deliveries_helpers import attempts, load, make_delivery
@@ -151,9 +151,9 @@ def test_a_real_receiver_verifies_the_callback_with_standardwebhooks(
         session_factory,
         delivery_id,
         settings=local,
-        http=deliveries.make_http_session(local.callback_allowed_networks),
+        http=outbound_http.make_http_session(local.callback_allowed_networks),
     )
-    assert recorded == deliveries.Recorded(status="succeeded")
+    assert recorded == delivery_states.Recorded(status="succeeded")
     (got,) = receiver.wait_for(1)
     with session_factory() as session:
         user = session.get(User, account.id)
@@ -180,7 +180,7 @@ def test_a_real_receiver_slower_than_the_timeout_is_a_timeout(
         session_factory,
         delivery_id,
         settings=local,
-        http=deliveries.make_http_session(local.callback_allowed_networks),
+        http=outbound_http.make_http_session(local.callback_allowed_networks),
     )
     assert time.monotonic() - started < 5.0  # did not wait the 10 s for the answer
     assert recorded is not None

@@ -1,0 +1,178 @@
+"""Wake-ups go out once their transaction commits, from the receiver and from the workers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from sqlalchemy.orm import Session, sessionmaker
+
+from core import task_names, wakeups
+from core.config import Settings
+from core.db import utcnow
+from core.models import Event
+from core.services import events
+from receiver import create_app
+from receiver.db import get_session
+from tests.conftest import Enqueued
+from workers.celery_app import DELIVERIES_QUEUE, EVENTS_QUEUE, DbTask, make_celery
+
+
+def record(session: Session) -> int:
+    event, _ = events.record_event(
+        session, source="platform", source_event_id="wh-1", type="meeting.start",
+        occurred_at=utcnow(), payload={}, meeting_id=None, user_id=None,
+    )  # fmt: skip
+    return event.id
+
+
+def count_events(session_factory: sessionmaker[Session]) -> int:
+    with session_factory() as session:
+        return int(session.scalar(sa.select(sa.func.count()).select_from(Event)) or 0)
+
+
+class TestReceiver:
+    def test_commit_publishes_what_the_services_noted(self, app: Flask, enqueued: Enqueued) -> None:
+        with app.app_context():
+            session = get_session()
+            event_id = record(session)
+            assert enqueued.calls == []  # nothing before the commit
+            session.commit()
+        assert enqueued.calls == [(task_names.PROCESS_EVENT, {"event_id": event_id})]
+
+    def test_rollback_publishes_nothing(
+        self, app: Flask, enqueued: Enqueued, session_factory: sessionmaker[Session]
+    ) -> None:
+        with app.app_context():
+            session = get_session()
+            record(session)
+            wakeups.note(session, task_names.DELIVER, delivery_id=1)
+            session.rollback()
+            session.commit()  # a later commit of the same session sends nothing either
+        assert enqueued.calls == []
+        assert count_events(session_factory) == 0
+
+    def test_a_request_that_fails_publishes_nothing(
+        self, app: Flask, enqueued: Enqueued, session_factory: sessionmaker[Session]
+    ) -> None:
+        app.testing = False  # the 500 handler answers instead of re-raising
+
+        @app.get("/explode")
+        def explode() -> str:
+            record(get_session())
+            raise RuntimeError("boom")
+
+        response = app.test_client().get("/explode")
+        assert response.status_code == 500
+        assert enqueued.calls == []
+        assert count_events(session_factory) == 0
+
+    def test_the_callers_factory_publishes_nothing(
+        self, app: Flask, enqueued: Enqueued, session_factory: sessionmaker[Session]
+    ) -> None:
+        with session_factory.begin() as session:
+            record(session)
+        assert enqueued.calls == []
+
+    def test_a_broker_failure_is_logged_not_raised(
+        self,
+        settings: Settings,
+        session_factory: sessionmaker[Session],
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        def refuse(task_name: str, kwargs: dict[str, Any]) -> None:
+            raise ConnectionError("broker down")
+
+        app = create_app(settings, session_factory=session_factory, enqueue=refuse)
+        with app.app_context():
+            session = get_session()
+            record(session)
+            session.commit()
+        assert count_events(session_factory) == 1
+        assert "receiver.enqueue.failed task=workers.events.process_event" in caplog.text
+
+
+class TestWorkers:
+    @pytest.fixture
+    def sent(
+        self,
+        settings: Settings,
+        session_factory: sessionmaker[Session],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+        app = make_celery(settings)
+        calls: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+
+        def send_task(name: str, kwargs: dict[str, Any], **options: Any) -> None:
+            calls.append((name, kwargs, options))
+
+        monkeypatch.setattr(app, "send_task", send_task)
+        monkeypatch.setattr(DbTask, "_session_factory", session_factory)
+        return calls
+
+    def test_commit_publishes_routed_as_the_task_routes_say(
+        self, sent: list[tuple[str, dict[str, Any], dict[str, Any]]]
+    ) -> None:
+        with DbTask().session_scope() as session:
+            event_id = record(session)
+            wakeups.note(session, task_names.DELIVER, delivery_id=7)
+            assert sent == []
+        assert sent == [
+            (task_names.PROCESS_EVENT, {"event_id": event_id}, {"queue": EVENTS_QUEUE}),
+            (task_names.DELIVER, {"delivery_id": 7}, {"queue": DELIVERIES_QUEUE}),
+        ]
+
+    def test_an_error_rolls_back_and_publishes_nothing(
+        self,
+        sent: list[tuple[str, dict[str, Any], dict[str, Any]]],
+        session_factory: sessionmaker[Session],
+    ) -> None:
+        def fail_midway() -> None:
+            with DbTask().session_scope() as session:
+                record(session)
+                raise RuntimeError("boom")
+
+        with pytest.raises(RuntimeError):
+            fail_midway()
+        assert sent == []
+        assert count_events(session_factory) == 0
+
+    def test_a_broker_failure_is_logged_not_raised(
+        self,
+        settings: Settings,
+        session_factory: sessionmaker[Session],
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        app = make_celery(settings)
+
+        def refuse(*_args: Any, **_kwargs: Any) -> None:
+            raise ConnectionError("broker down")
+
+        monkeypatch.setattr(app, "send_task", refuse)
+        monkeypatch.setattr(DbTask, "_session_factory", session_factory)
+        with DbTask().session_scope() as session:
+            record(session)
+        assert count_events(session_factory) == 1
+        assert "workers.wakeup.publish_failed task=workers.events.process_event" in caplog.text
+
+
+class TestSavepoints:
+    def test_a_savepoint_neither_publishes_nor_drops_the_transactions_wake_ups(self) -> None:
+        factory = sessionmaker(bind=sa.create_engine("sqlite://"))
+        published: list[str] = []
+        wakeups.publish_after_commit(factory, lambda name, _kwargs: published.append(name))
+        with factory() as session, session.begin():
+            wakeups.note(session, "noted-before")
+            with session.begin_nested():
+                wakeups.note(session, "noted-in-savepoint")
+            assert published == []  # releasing a savepoint is no commit
+            with pytest.raises(ValueError, match="undo"), session.begin_nested():
+                raise ValueError("undo")
+            assert [name for name, _ in wakeups.pending(session)] == [
+                "noted-before",
+                "noted-in-savepoint",
+            ]  # rolling a savepoint back keeps what the transaction noted
+        assert published == ["noted-before", "noted-in-savepoint"]
