@@ -22,7 +22,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import requests
 import sqlalchemy as sa
@@ -35,6 +38,61 @@ from core import migrate  # noqa: E402
 from core.db import make_engine, make_session_factory  # noqa: E402
 from core.models import Event, Meeting  # noqa: E402
 from core.services import accounts  # noqa: E402
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One benchmark run: its temporary directory, ingest secret, receiver port and environment."""
+
+    workdir: Path
+    secret: str
+    port: int
+    env: dict[str, str]
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def database_url(self) -> str:
+        """DATABASE_URL as the environment has it now, else the embedded SQLite database."""
+        return self.env.get("DATABASE_URL") or f"sqlite:///{self.workdir}/var/meetinghooks.sqlite3"
+
+    def spawn(self, argv: list[str], log: str | None = None) -> subprocess.Popen[bytes]:
+        """Start a process group in the run's directory, its output into `log` (or nowhere)."""
+        out = (self.workdir / log).open("wb") if log else None
+        try:
+            return subprocess.Popen(
+                argv, cwd=self.workdir, env=self.env, stdout=out or subprocess.DEVNULL,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        finally:
+            if out is not None:
+                out.close()  # the child has its own copy
+
+
+def new_run(**extra_env: str) -> Run:
+    """Make a temporary directory, a fresh ingest secret and the receiver's and workers' env."""
+    workdir = Path(tempfile.mkdtemp(prefix="mh-bench-"))
+    (workdir / "var").mkdir()
+    secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+    port = free_port()
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "INGEST_SIGNING_SECRET": secret,
+        "WEB_CONCURRENCY": "2",
+        "PYTHONPATH": str(ROOT),
+        **extra_env,
+    }
+    return Run(workdir=workdir, secret=secret, port=port, env=env)
+
+
+def command(name: str) -> str:
+    """Return the path of an entry point of this virtualenv (`meetinghooks`)."""
+    return str(Path(sys.executable).parent / name)
 
 
 def free_port() -> int:
@@ -89,6 +147,28 @@ def signed_event(signer: Webhook, meeting_id: int) -> tuple[str, dict[str, str]]
     return body, headers
 
 
+def post_event(
+    http: requests.Session, base: str, signer: Webhook, meeting_id: int
+) -> tuple[str, float]:
+    """Post one signed event; return its webhook-id and how long the 202 took (ms)."""
+    body, headers = signed_event(signer, meeting_id)
+    started = time.perf_counter()
+    response = http.post(f"{base}/v1/events", data=body, headers=headers, timeout=10)
+    took = (time.perf_counter() - started) * 1000
+    if response.status_code != 202:
+        raise SystemExit(f"bench: ingest answered {response.status_code}: {response.text}")
+    return headers["webhook-id"], took
+
+
+def paced(items: Iterable[T], rate: float) -> Iterator[T]:
+    """Yield the items at a steady `rate` per second."""
+    interval, next_at = 1 / rate, time.monotonic()
+    for item in items:
+        time.sleep(max(0.0, next_at - time.monotonic()))
+        next_at += interval
+        yield item
+
+
 def seed_meetings(database_url: str, count: int) -> list[int]:
     migrate.upgrade(database_url)
     factory = make_session_factory(make_engine(database_url))
@@ -138,32 +218,17 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300)
     args = parser.parse_args()
 
-    workdir = Path(tempfile.mkdtemp(prefix="mh-bench-"))
-    secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
-    port = free_port()
-    env = {
-        **os.environ,
-        "PORT": str(port),
-        "INGEST_SIGNING_SECRET": secret,
-        "WEB_CONCURRENCY": "2",
-        "PYTHONPATH": str(ROOT),
-    }
-    database_url = env.get("DATABASE_URL") or f"sqlite:///{workdir}/var/meetinghooks.sqlite3"
-    (workdir / "var").mkdir()
+    run = new_run()
+    database_url = run.database_url
     meeting_ids = seed_meetings(database_url, args.requests)
 
-    bin_dir = Path(sys.executable).parent
-    serve = subprocess.Popen(
-        [str(bin_dir / "meetinghooks"), "serve"],
-        cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )  # fmt: skip
+    serve = run.spawn([command("meetinghooks"), "serve"])
     worker = None
     try:
-        base = f"http://127.0.0.1:{port}"
+        base = run.base
         wait_http(f"{base}/healthz")
         http = requests.Session()
-        signer = Webhook(secret)
+        signer = Webhook(run.secret)
 
         baseline = []
         for _ in range(args.requests):
@@ -173,24 +238,13 @@ def main() -> None:
 
         ingest = []
         for meeting_id in meeting_ids:
-            body, headers = signed_event(signer, meeting_id)
-            started = time.perf_counter()
-            response = http.post(f"{base}/v1/events", data=body, headers=headers, timeout=10)
-            ingest.append((time.perf_counter() - started) * 1000)
-            if response.status_code != 202:
-                raise SystemExit(f"bench: ingest answered {response.status_code}: {response.text}")
+            ingest.append(post_event(http, base, signer, meeting_id)[1])
 
         worker_started = time.monotonic()
-        log = (workdir / "worker.log").open("wb")
-        worker = subprocess.Popen(
-            [str(bin_dir / "meetinghooks"), "worker", "--concurrency", "2"],
-            cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
+        worker = run.spawn([command("meetinghooks"), "worker", "--concurrency", "2"], "worker.log")
         processed = wait_processed(database_url, args.requests)
-        log.close()
         if processed < args.requests:
-            print((workdir / "worker.log").read_text()[-3000:])
+            print((run.workdir / "worker.log").read_text()[-3000:])
         drain_seconds = time.monotonic() - worker_started
 
         b, i = percentiles(baseline), percentiles(ingest)

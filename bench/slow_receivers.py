@@ -17,14 +17,11 @@ wait ends count as that long (shown as ">="). Prints figures and ratios; asserts
 from __future__ import annotations
 
 import argparse
-import base64
 import datetime as dt
 import os
-import secrets
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -37,7 +34,17 @@ from standardwebhooks.webhooks import Webhook as Signer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.ingest import free_port, seed_meetings, signed_event, stop, wait_http  # noqa: E402
+from bench.ingest import (  # noqa: E402
+    Run,
+    command,
+    new_run,
+    paced,
+    post_event,
+    seed_meetings,
+    signed_event,
+    stop,
+    wait_http,
+)
 from core.db import is_sqlite, make_engine, make_session_factory  # noqa: E402
 from core.models import Event, Meeting, Webhook  # noqa: E402
 from core.security import new_public_id  # noqa: E402
@@ -161,15 +168,8 @@ def run_phase(
         time.sleep(2)  # the fast callbacks are made and answered
     in_flight = Receiver.in_flight
     posted: set[str] = set()
-    interval, next_at = 1 / args.rate, time.monotonic()
-    for meeting_id in plain:
-        time.sleep(max(0.0, next_at - time.monotonic()))
-        next_at += interval
-        body, headers = signed_event(signer, meeting_id)
-        response = http.post(f"{base}/v1/events", data=body, headers=headers, timeout=10)
-        if response.status_code != 202:
-            raise SystemExit(f"bench: ingest answered {response.status_code}: {response.text}")
-        posted.add(headers["webhook-id"])
+    for meeting_id in paced(plain, args.rate):
+        posted.add(post_event(http, base, signer, meeting_id)[0])
     samples, processed = latencies(database_url, posted, args.wait)
     censored = ">=" if processed < len(posted) else ""
     figures = {"p50": quantile(samples, 0.5), "p99": quantile(samples, 0.99)}
@@ -193,26 +193,18 @@ def main() -> None:
     parser.add_argument("--worker", choices=["pools", "single"], default="pools")
     args = parser.parse_args()
 
-    workdir = Path(tempfile.mkdtemp(prefix="mh-bench-"))
-    (workdir / "var").mkdir()
-    secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
-    port = free_port()
-    env = {
-        **os.environ,
-        "PORT": str(port),
-        "INGEST_SIGNING_SECRET": secret,
-        "WEB_CONCURRENCY": "2",
-        "PYTHONPATH": str(ROOT),
-        "CALLBACK_ALLOWED_NETWORKS": "127.0.0.0/8",
-        "CALLBACK_TIMEOUT_SECONDS": str(args.timeout),
-        "RETRY_SCHEDULE": "1",  # a hanging callback comes straight back
-        "SWEEP_INTERVAL_SECONDS": "1",
-        "BROKER_KEY_PREFIX": f"mh-bench-{os.getpid()}:",  # Redis: queues of this run only
-    }
+    run = new_run(
+        CALLBACK_ALLOWED_NETWORKS="127.0.0.0/8",
+        CALLBACK_TIMEOUT_SECONDS=str(args.timeout),
+        RETRY_SCHEDULE="1",  # a hanging callback comes straight back
+        SWEEP_INTERVAL_SECONDS="1",
+        BROKER_KEY_PREFIX=f"mh-bench-{os.getpid()}:",  # Redis: queues of this run only
+    )
+    env = run.env
     own_database = bool(env.get("DATABASE_URL")) and not is_sqlite(env["DATABASE_URL"])
     if own_database:
         env["DATABASE_URL"] = fresh_postgres(env["DATABASE_URL"])
-    database_url = env.get("DATABASE_URL") or f"sqlite:///{workdir}/var/meetinghooks.sqlite3"
+    database_url = run.database_url
     n, h = args.events, args.hooked
     ids = seed_meetings(database_url, 2 * (n + h))
     fast_hooked, hang_hooked, fast_plain, hang_plain = (
@@ -228,10 +220,10 @@ def main() -> None:
 
     processes: list[subprocess.Popen[bytes]] = []
     try:
-        start(processes, workdir, env, args.worker)
-        base = f"http://127.0.0.1:{port}"
+        start(processes, run, args.worker)
+        base = run.base
         wait_http(f"{base}/healthz")
-        signer = Signer(secret)
+        signer = Signer(run.secret)
         # One event first, so that the workers are up before the clock starts.
         body, headers = signed_event(signer, fast_plain[0])
         requests.post(f"{base}/v1/events", data=body, headers=headers, timeout=10)
@@ -265,33 +257,17 @@ def main() -> None:
             drop_postgres(database_url)
 
 
-def start(
-    processes: list[subprocess.Popen[bytes]], workdir: Path, env: dict[str, str], worker: str
-) -> None:
+def start(processes: list[subprocess.Popen[bytes]], run: Run, worker: str) -> None:
     """Start the receiver and the worker (both pools, or the former single one) into `processes`."""
-    bin_dir = Path(sys.executable).parent
-    beat = ["-B", "-s", str(workdir / "beat-schedule")]
+    beat = ["-B", "-s", str(run.workdir / "beat-schedule")]
     worker_argv = (
-        [str(bin_dir / "meetinghooks"), "worker", *beat]
+        [command("meetinghooks"), "worker", *beat]
         if worker == "pools"
         else [sys.executable, "-m", "celery", "-A", "workers.main", "worker", *beat,
               "-Q", "events,deliveries", "--concurrency", "2", "-l", "INFO"]
     )  # fmt: skip
-    for argv, name in (
-        ([str(bin_dir / "meetinghooks"), "serve"], "serve"),
-        (worker_argv, "worker"),
-    ):
-        log = (workdir / f"{name}.log").open("wb")
-        processes.append(
-            subprocess.Popen(
-                argv,
-                cwd=workdir,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        )
+    processes.append(run.spawn([command("meetinghooks"), "serve"], "serve.log"))
+    processes.append(run.spawn(worker_argv, "worker.log"))
 
 
 def stop_pools(proc: subprocess.Popen[bytes]) -> None:

@@ -11,13 +11,7 @@ Prints figures; asserts nothing.
 from __future__ import annotations
 
 import argparse
-import base64
-import os
-import secrets
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,7 +22,17 @@ from standardwebhooks.webhooks import Webhook
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.ingest import free_port, percentiles, seed_meetings, signed_event, wait_http  # noqa: E402
+from bench.ingest import (  # noqa: E402
+    command,
+    new_run,
+    paced,
+    percentiles,
+    post_event,
+    seed_meetings,
+    signed_event,
+    stop,
+    wait_http,
+)
 from core.db import make_engine, utcnow  # noqa: E402
 from core.models import Event  # noqa: E402
 
@@ -61,40 +65,18 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=50, help="events per second")
     args = parser.parse_args()
 
-    workdir = Path(tempfile.mkdtemp(prefix="mh-bench-"))
-    secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
-    port = free_port()
-    env = {
-        **os.environ,
-        "PORT": str(port),
-        "INGEST_SIGNING_SECRET": secret,
-        "WEB_CONCURRENCY": "2",
-        "PYTHONPATH": str(ROOT),
-    }
-    database_url = env.get("DATABASE_URL") or f"sqlite:///{workdir}/var/meetinghooks.sqlite3"
-    (workdir / "var").mkdir()
+    run = new_run()
+    database_url = run.database_url
     meeting_ids = seed_meetings(database_url, args.requests)
 
-    bin_dir = Path(sys.executable).parent
     processes = []
     try:
-        for command in (["serve"], ["worker", "--concurrency", "2", "-B"]):
-            log = (workdir / f"{command[0]}.log").open("wb")
-            argv = [str(bin_dir / "meetinghooks"), *command]
-            processes.append(
-                subprocess.Popen(
-                    argv,
-                    cwd=workdir,
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            )
-        base = f"http://127.0.0.1:{port}"
+        for argv in (["serve"], ["worker", "--concurrency", "2", "-B"]):
+            processes.append(run.spawn([command("meetinghooks"), *argv], f"{argv[0]}.log"))
+        base = run.base
         wait_http(f"{base}/healthz")
         http = requests.Session()
-        signer = Webhook(secret)
+        signer = Webhook(run.secret)
         # One event first, so that the worker is up before the clock starts.
         body, headers = signed_event(signer, meeting_ids[0])
         http.post(f"{base}/v1/events", data=body, headers=headers, timeout=10).raise_for_status()
@@ -102,24 +84,17 @@ def main() -> None:
 
         acknowledged: dict[str, float] = {}
         ingest_ms = []
-        interval = 1 / args.rate
-        next_at = time.monotonic()
-        for meeting_id in meeting_ids[1:]:
-            time.sleep(max(0.0, next_at - time.monotonic()))
-            next_at += interval
-            body, headers = signed_event(signer, meeting_id)
-            started = time.perf_counter()
-            response = http.post(f"{base}/v1/events", data=body, headers=headers, timeout=10)
-            ingest_ms.append((time.perf_counter() - started) * 1000)
-            if response.status_code != 202:
-                raise SystemExit(f"bench: ingest answered {response.status_code}: {response.text}")
-            acknowledged[headers["webhook-id"]] = utcnow().timestamp()
+        for meeting_id in paced(meeting_ids[1:], args.rate):
+            msg_id, took = post_event(http, base, signer, meeting_id)
+            ingest_ms.append(took)
+            acknowledged[msg_id] = utcnow().timestamp()
         done = wait_all_processed(database_url, len(acknowledged) + 1, 120)
         lags = [(done[m] - at) * 1000 for m, at in acknowledged.items() if m in done]
 
         i, lag = percentiles(ingest_ms), percentiles(lags)
+        broker = run.env.get("BROKER_URL", "embedded")
         print(
-            f"backend: {database_url.split(':')[0]}, broker: {env.get('BROKER_URL', 'embedded')}, "
+            f"backend: {database_url.split(':')[0]}, broker: {broker}, "
             f"{len(acknowledged)} events at {args.rate:g}/s, worker --concurrency 2 running"
         )
         print(
@@ -132,12 +107,7 @@ def main() -> None:
         )
     finally:
         for proc in processes:
-            os.killpg(proc.pid, signal.SIGTERM)
-        for proc in processes:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+            stop(proc)
 
 
 if __name__ == "__main__":

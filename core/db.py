@@ -7,6 +7,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -53,6 +54,25 @@ class UTCDateTime(sa.TypeDecorator[dt.datetime]):
 def utcnow() -> dt.datetime:
     """Return the current time, aware, in UTC."""
     return dt.datetime.now(dt.UTC)
+
+
+def insert_unless_present(
+    session: Session, model: type[Base], values: dict[str, Any], *, unique: list[str]
+) -> int | None:
+    """Insert a row unless one with the same `unique` columns exists; return its new id or None.
+
+    INSERT ... ON CONFLICT DO NOTHING: concurrent duplicates are safe on both databases
+    without catching IntegrityError mid-transaction.
+    """
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    statement = (
+        insert(model)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=unique)
+        .returning(model.__table__.c.id)
+    )
+    new_id: int | None = session.execute(statement).scalar()
+    return new_id
 
 
 def is_sqlite(url: str | sa.URL) -> bool:

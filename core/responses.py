@@ -8,12 +8,22 @@ the whole second with a `Z` (`core.validation.isoformat`).
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, RootModel
 
 from core.services.delivery_log import LoggedDelivery
+from core.services.meetings import (
+    Registered,
+    Registration,
+    Started,
+    audio_numbers_url,
+    viewer_link,
+)
 from core.validation import isoformat
+
+if TYPE_CHECKING:
+    from core.models import Meeting, User
 
 Time = Annotated[
     dt.datetime | None,
@@ -107,3 +117,166 @@ class SigningSecretOut(Response):
     previousSecretValidUntil: Time = Field(
         description="Until when the previous secret also signs; null when it no longer does."
     )
+
+
+class AudioConferenceOut(Response):
+    """The dial-in side of a meeting."""
+
+    conferenceId: str = Field(description="9 digits; no two live meetings share one.")
+    conferenceCallNumbersUrl: str = Field(description="The page listing the dial-in numbers.")
+    organizerCode: str = Field(description="4 digits that make a caller the organizer.")
+
+
+class WebhookRegisteredOut(Response):
+    """A `webhooks` entry now registered: it replaced the meeting's callback for its type."""
+
+    registered: Literal[True]
+    webhookId: str = Field(description="`wh_...`: the registration's id.")
+
+
+class WebhookRefusedOut(Response):
+    """A `webhooks` entry not registered; the start itself still succeeded."""
+
+    registered: Literal[False]
+    code: str = Field(
+        description=(
+            "unknown-event-type, invalid-webhook, callback-url-missing, callback-url-invalid, "
+            "callback-url-scheme, callback-url-forbidden or custom-data-too-large."
+        )
+    )
+    message: str
+
+
+WebhookStatusOut = WebhookRegisteredOut | WebhookRefusedOut
+
+
+class StartOut(Response):
+    """A start call's answer: join.me's shape plus our `meetingId`."""
+
+    meetingId: int
+    presenterLink: str = Field(description="One-time link that starts the meeting.")
+    viewerLink: str = Field(
+        description="The personal URL or meeting code, with non-default viewer options."
+    )
+    audioConference: AudioConferenceOut
+    webhooksStatus: dict[str, WebhookStatusOut] | None = Field(
+        default=None,
+        description=(
+            "One entry per `webhooks` key of the request, in its order; "
+            "absent when the request sent no `webhooks`."
+        ),
+    )
+
+    def render(self) -> dict[str, Any]:
+        """Return the JSON-ready body; `webhooksStatus` only when the request sent webhooks."""
+        return self.model_dump(
+            mode="json", exclude={"webhooksStatus"} if self.webhooksStatus is None else None
+        )
+
+    @classmethod
+    def of(cls, started: Started, user: User, base_url: str) -> StartOut:
+        """Build the answer to a start call of `user`'s meeting."""
+        meeting = started.meeting
+        statuses = started.webhooks_status
+        return cls(
+            meetingId=meeting.id,
+            presenterLink=f"{base_url}/presenter/{started.presenter_token}",
+            viewerLink=viewer_link(meeting, user, base_url),
+            audioConference=AudioConferenceOut(
+                conferenceId=meeting.conference_id,
+                conferenceCallNumbersUrl=audio_numbers_url(meeting.conference_id, base_url),
+                organizerCode=meeting.organizer_code,
+            ),
+            webhooksStatus=None
+            if statuses is None
+            else {event_type: _webhook_status(s) for event_type, s in statuses.items()},
+        )
+
+
+def _webhook_status(registration: Registration) -> WebhookStatusOut:
+    if isinstance(registration, Registered):
+        return WebhookRegisteredOut(registered=True, webhookId=registration.webhook_id)
+    return WebhookRefusedOut(registered=False, code=registration.code, message=registration.message)
+
+
+class MeetingOut(Response):
+    """A meeting: join.me's scheduled fields plus our lifecycle extension."""
+
+    meetingId: int
+    meetingName: str | None = Field(description="Null for an ad hoc meeting.")
+    meetingStart: Time = Field(description="The planned start; null for an ad hoc meeting.")
+    meetingEnd: Time = Field(description="The planned end; null for an ad hoc meeting.")
+    participants: list[str] = Field(description="Invitees' email addresses.")
+    startWithPersonalUrl: bool
+    conferenceId: str
+    viewerLink: str
+    status: str = Field(description="`scheduled`, `started` or `ended`.")
+    startedAt: Time = Field(description="When the meeting started; null until it has.")
+    endedAt: Time = Field(description="When the meeting ended; null until it has.")
+    durationSeconds: int | None = Field(
+        description="Seconds from start to end; null until both are known."
+    )
+
+    @classmethod
+    def of(cls, meeting: Meeting, user: User, base_url: str) -> MeetingOut:
+        """Build the body of `user`'s meeting."""
+        return cls(
+            meetingId=meeting.id,
+            meetingName=meeting.meeting_name,
+            meetingStart=meeting.meeting_start,
+            meetingEnd=meeting.meeting_end,
+            participants=list(meeting.participants or []),
+            startWithPersonalUrl=meeting.start_with_personal_url,
+            conferenceId=meeting.conference_id,
+            viewerLink=viewer_link(meeting, user, base_url),
+            status=meeting.status,
+            startedAt=meeting.started_at,
+            endedAt=meeting.ended_at,
+            durationSeconds=meeting.duration_seconds,
+        )
+
+
+class MeetingList(RootModel[list[MeetingOut]]):
+    """GET /v1/meetings: upcoming scheduled meetings, by start time (a bare JSON array)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    def render(self) -> list[Any]:
+        """Return the JSON-ready array."""
+        rendered: list[Any] = self.model_dump(mode="json")
+        return rendered
+
+
+class ConferenceSettingsOut(Response):
+    """The defaults a start call uses when it names no viewer options."""
+
+    defaultViewerMode: str = Field(description="Always `default` (join.me's value).")
+    viewerAppDetection: bool
+    conferenceCallNumbersUrl: str = Field(description="The page listing the dial-in numbers.")
+
+
+class UserOut(Response):
+    """GET /v1/user: the account behind the token."""
+
+    email: str
+    fullName: str
+    personalUrl: str | None = Field(description="The personal viewer link; null without one.")
+    registrationDate: Time
+    numberOfMeetingsHosted: int = Field(description="Meetings that have started (or ended).")
+    conferenceSettings: ConferenceSettingsOut
+
+    @classmethod
+    def of(cls, user: User, meetings_hosted: int, base_url: str) -> UserOut:
+        """Build the body describing `user`."""
+        return cls(
+            email=user.email,
+            fullName=user.full_name,
+            personalUrl=f"{base_url}/{user.personal_url}" if user.personal_url else None,
+            registrationDate=user.registration_date,
+            numberOfMeetingsHosted=meetings_hosted,
+            conferenceSettings=ConferenceSettingsOut(
+                defaultViewerMode="default",
+                viewerAppDetection=True,
+                conferenceCallNumbersUrl=f"{base_url}/audio/numbers",
+            ),
+        )

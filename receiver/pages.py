@@ -9,6 +9,7 @@ from flask import Blueprint, Response, jsonify, render_template, request
 
 from core.errors import DomainError, NotFound
 from core.models import Meeting, User
+from core.responses import MeetingOut
 from core.services import events, meetings
 from receiver import get_settings
 from receiver.db import get_session
@@ -94,7 +95,7 @@ def presenter_start(token: str) -> Response:
     session.commit()  # publishes the deliveries' wake-ups
     if _wants_json():
         return _no_store(
-            jsonify(meetings.meeting_json(meeting, _owner(meeting), get_settings().base_url))
+            jsonify(MeetingOut.of(meeting, _owner(meeting), get_settings().base_url).render())
         )
     return _html("presenter.html", title="Meeting started", state="started", message="")
 

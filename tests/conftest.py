@@ -20,21 +20,27 @@ from core.db import is_sqlite, make_engine, make_session_factory, metadata
 from core.models import User
 from core.services import accounts
 from receiver import create_app
+from tests.callback_receiver import CallbackReceiver
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
 INGEST_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
+def empty_postgres_database(server_url: str, name: str) -> str:
+    """Create an empty database `name` on the server (dropping any of that name); return its URL."""
+    server = sa.make_url(server_url)
+    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    admin.dispose()
+    return server.set(database=name).render_as_string(hide_password=False)
+
+
 def fresh_database_url(name: str, tmp_dir: str) -> str:
     """Return the URL of an empty, migrated database named `name` on the test backend."""
     if TEST_DATABASE_URL and not is_sqlite(TEST_DATABASE_URL):
-        server = sa.make_url(TEST_DATABASE_URL)
-        admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        admin.dispose()
-        url = server.set(database=name).render_as_string(hide_password=False)
+        url = empty_postgres_database(TEST_DATABASE_URL, name)
     else:
         url = f"sqlite:///{tmp_dir}/{name}.sqlite3"
     migrate.upgrade(url)
@@ -50,6 +56,14 @@ def drop_database(url: str) -> None:
     with admin.connect() as conn:
         conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{server.database}" WITH (FORCE)')
     admin.dispose()
+
+
+@pytest.fixture
+def receiver() -> Iterator[CallbackReceiver]:
+    """A real HTTP callback receiver on 127.0.0.1, stopped after the test."""
+    server = CallbackReceiver().start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

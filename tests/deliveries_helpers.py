@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from core.db import utcnow
-from core.models import Delivery, DeliveryAttempt, Meeting, Webhook
+from core.models import Delivery, DeliveryAttempt, Meeting, User, Webhook
 from core.security import new_public_id, random_digits
 from core.services import events
 
@@ -17,15 +17,23 @@ if TYPE_CHECKING:
 
 
 def make_meeting_with_hooks(
-    session_factory: sessionmaker[Session], user_id: int, urls: dict[str, str], custom: Any = None
+    session_factory: sessionmaker[Session],
+    user_id: int,
+    urls: dict[str, str],
+    custom: Any = None,
+    *,
+    number: int | None = None,
 ) -> int:
-    """Create a scheduled meeting with one callback per event type given; return its id."""
+    """Create a scheduled meeting with one callback per event type given; return its id.
+
+    With a `number` its codes are that number's (`3000000nn`, `4000000nn`), else random.
+    """
     with session_factory.begin() as session:
         meeting = Meeting(
             user_id=user_id,
             kind="adhoc",
-            meeting_code=random_digits(9),
-            conference_id=random_digits(9),
+            meeting_code=random_digits(9) if number is None else f"{300000000 + number}",
+            conference_id=random_digits(9) if number is None else f"{400000000 + number}",
             organizer_code="4821",
         )
         session.add(meeting)
@@ -42,6 +50,41 @@ def make_meeting_with_hooks(
                 )
             )
         return meeting.id
+
+
+def record(
+    session_factory: sessionmaker[Session],
+    meeting_id: int | None,
+    type_: str,
+    when: dt.datetime,
+    source_event_id: str | None = None,
+) -> int:
+    """Record a platform event, as the ingest endpoint does; return its id."""
+    with session_factory.begin() as session:
+        event, _ = events.record_event(
+            session,
+            source="platform",
+            source_event_id=source_event_id or new_public_id("msg"),
+            type=type_,
+            occurred_at=when,
+            payload={},
+            meeting_id=meeting_id,
+            user_id=None,
+        )
+        return event.id
+
+
+def apply(session_factory: sessionmaker[Session], event_id: int) -> events.Applied:
+    """Apply a recorded event, as the worker does."""
+    with session_factory.begin() as session:
+        return events.apply_event(session, event_id)
+
+
+def deliver_event(
+    session_factory: sessionmaker[Session], meeting_id: int | None, type_: str, when: dt.datetime
+) -> events.Applied:
+    """Record a platform event and apply it."""
+    return apply(session_factory, record(session_factory, meeting_id, type_, when))
 
 
 def emit(session_factory: sessionmaker[Session], meeting_id: int, event_type: str) -> list[int]:
@@ -97,3 +140,11 @@ def make_due(
             .where(Delivery.id == delivery_id)
             .values(next_attempt_at=when or utcnow())
         )
+
+
+def secret_of(session_factory: sessionmaker[Session], user_id: int) -> str:
+    """Return the user's current signing secret."""
+    with session_factory() as session:
+        user = session.get(User, user_id)
+        assert user is not None
+        return user.signing_secret

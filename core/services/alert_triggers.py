@@ -20,6 +20,8 @@ from core.validation import isoformat
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
+    from core.models import AlertRule
+
 # Attempts whose result nobody knows: they neither count as failures nor end a streak.
 UNKNOWN_RESULTS = ("in-progress", "interrupted")
 # How far back a streak is counted; longer streaks are reported as this many.
@@ -44,16 +46,7 @@ def delivery_failed(session: Session, delivery: Delivery, now: dt.datetime) -> N
         why = f"after {delivery.attempt_count} attempt{plural}{_last_error(last)}"
     text = f"{_callback_label(session, delivery, start=True)} failed for good: {why}."
     for rule in rules:
-        alerts.fire(
-            session,
-            rule,
-            subject_key=f"delivery:{delivery.id}",
-            text=text,
-            data=data,
-            now=now,
-            meeting_id=delivery.meeting_id,
-            about_delivery_id=delivery.id,
-        )
+        _fire_for_delivery(session, rule, delivery, text=text, data=data, now=now)
 
 
 def attempt_failed(session: Session, delivery: Delivery, now: dt.datetime) -> None:
@@ -80,16 +73,8 @@ def attempt_failed(session: Session, delivery: Delivery, now: dt.datetime) -> No
     )
     for rule in rules:
         if streak >= int(rule.params["attempts"]):
-            alerts.fire(
-                session,
-                rule,
-                subject_key=f"delivery:{delivery.id}",
-                text=text,
-                data={**data, "attempts": int(rule.params["attempts"])},
-                now=now,
-                meeting_id=delivery.meeting_id,
-                about_delivery_id=delivery.id,
-            )
+            attempts = {**data, "attempts": int(rule.params["attempts"])}
+            _fire_for_delivery(session, rule, delivery, text=text, data=attempts, now=now)
 
 
 def attempt_succeeded(session: Session, delivery: Delivery, now: dt.datetime) -> None:
@@ -192,14 +177,8 @@ def meeting_ended(session: Session, meeting: Meeting, now: dt.datetime) -> None:
             f"{alerts.span(duration)} (started {isoformat(meeting.started_at)}), under the "
             f"{seconds} seconds of your rule."
         )
-        alerts.fire(
-            session,
-            rule,
-            subject_key=f"meeting:{meeting.id}",
-            text=text,
-            data={**alerts.meeting_data(meeting), "seconds": seconds},
-            now=now,
-            meeting_id=meeting.id,
+        alerts.fire_for_meeting(
+            session, rule, meeting, text=text, data={"seconds": seconds}, now=now
         )
 
 
@@ -208,6 +187,28 @@ def meeting_ended(session: Session, meeting: Meeting, now: dt.datetime) -> None:
 
 def _is_callback(delivery: Delivery) -> bool:
     return delivery.alert_id is None and delivery.event_id is not None
+
+
+def _fire_for_delivery(
+    session: Session,
+    rule: AlertRule,
+    delivery: Delivery,
+    *,
+    text: str,
+    data: dict[str, Any],
+    now: dt.datetime,
+) -> None:
+    # Once per (rule, delivery): a retried attempt or a second failure fires nothing new.
+    alerts.fire(
+        session,
+        rule,
+        subject_key=f"delivery:{delivery.id}",
+        text=text,
+        data=data,
+        now=now,
+        meeting_id=delivery.meeting_id,
+        about_delivery_id=delivery.id,
+    )
 
 
 def _failing_streak(

@@ -13,10 +13,9 @@ import json
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import aliased
 
-from core.db import utcnow
+from core.db import insert_unless_present, utcnow
 from core.errors import NotFound
 from core.models import Alert, AlertRule, AlertType, Delivery, Meeting, PresenterLink
 from core.pagination import DEFAULT_PAGE_SIZE, MAX_ROW_ID, Page, newest_first
@@ -148,20 +147,34 @@ def fire(
         "data": {"ruleId": rule.id, **data},
         "fired_at": now,
     }
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    statement = (
-        insert(Alert)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=["rule_id", "subject_key"])
-        .returning(Alert.id)
-    )
-    new_id = session.execute(statement).scalar()
+    new_id = insert_unless_present(session, Alert, values, unique=["rule_id", "subject_key"])
     if new_id is None:
         return None
     alert = session.get(Alert, new_id)
     assert alert is not None  # noqa: S101  (just inserted)
     outbox.create_for_alert(session, alert, rule, alert_body(alert), now=now)
     return alert
+
+
+def fire_for_meeting(
+    session: Session,
+    rule: AlertRule,
+    meeting: Meeting,
+    *,
+    text: str,
+    data: dict[str, Any],
+    now: dt.datetime,
+) -> Alert | None:
+    """Fire a rule about a meeting: once per (rule, meeting)."""
+    return fire(
+        session,
+        rule,
+        subject_key=f"meeting:{meeting.id}",
+        text=text,
+        data={**meeting_data(meeting), **data},
+        now=now,
+        meeting_id=meeting.id,
+    )
 
 
 # --- describing what fired --------------------------------------------------------------------
@@ -256,16 +269,8 @@ def _sweep_long_running(session: Session, rule: AlertRule, now: dt.datetime) -> 
             f"{span((now - meeting.started_at).total_seconds())} "
             f"(started {isoformat(meeting.started_at)}), longer than {minutes} minutes."
         )
-        data = {**meeting_data(meeting), "minutes": minutes}
-        alert = fire(
-            session,
-            rule,
-            subject_key=f"meeting:{meeting.id}",
-            text=text,
-            data=data,
-            now=now,
-            meeting_id=meeting.id,
-        )
+        data = {"minutes": minutes}
+        alert = fire_for_meeting(session, rule, meeting, text=text, data=data, now=now)
         fired += alert is not None
     return fired
 
@@ -298,16 +303,8 @@ def _sweep_no_start(session: Session, rule: AlertRule, now: dt.datetime) -> int:
             f"{meeting_label(meeting, start=True)} never started: its presenter link "
             f"expired unused at {isoformat(expired_at)}."
         )
-        data = {**meeting_data(meeting), "presenterLinkExpiredAt": isoformat(expired_at)}
-        alert = fire(
-            session,
-            rule,
-            subject_key=f"meeting:{meeting.id}",
-            text=text,
-            data=data,
-            now=now,
-            meeting_id=meeting.id,
-        )
+        data = {"presenterLinkExpiredAt": isoformat(expired_at)}
+        alert = fire_for_meeting(session, rule, meeting, text=text, data=data, now=now)
         fired += alert is not None
     if now - since >= WATERMARK_STEP:
         rule.swept_until = now

@@ -7,10 +7,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
 from core import task_names, wakeups
-from core.db import utcnow
+from core.db import insert_unless_present, utcnow
 from core.models import Event, Meeting
 from core.security import new_public_id
 from core.services import alert_triggers, outbox
@@ -66,14 +65,7 @@ def record_event(
         "user_id": user_id,
         "enqueue_count": 0,
     }
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    statement = (
-        insert(Event)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=["source", "source_event_id"])
-        .returning(Event.id)
-    )
-    new_id = session.execute(statement).scalar()
+    new_id = insert_unless_present(session, Event, values, unique=["source", "source_event_id"])
     event = session.scalar(
         sa.select(Event).where(Event.source == source, Event.source_event_id == source_event_id)
     )

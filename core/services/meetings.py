@@ -17,7 +17,6 @@ from core.errors import Conflict, Gone, NotFound, ValidationFailed
 from core.models import EVENT_TYPES, Meeting, PresenterLink, User, Webhook
 from core.security import hash_token, new_public_id, new_token, random_digits
 from core.services import events
-from core.validation import isoformat
 
 if TYPE_CHECKING:
     from ipaddress import IPv4Network, IPv6Network
@@ -34,12 +33,31 @@ MAX_MEETING_ID = 2**31 - 1
 
 
 @dataclass(frozen=True)
+class Registered:
+    """A webhook entry that now receives its event type's callbacks."""
+
+    webhook_id: str
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A webhook entry that was not registered, and why."""
+
+    code: str
+    message: str
+
+
+Registration = Registered | Refused
+
+
+@dataclass(frozen=True)
 class Started:
     """The outcome of a start call: the meeting, its fresh presenter token, webhook statuses."""
 
     meeting: Meeting
     presenter_token: str
-    webhooks_status: dict[str, dict[str, Any]] | None
+    # By event type as the request named them, in its order; None when it sent no `webhooks`.
+    webhooks_status: dict[str, Registration] | None
 
 
 def get_meeting(session: Session, user: User, meeting_id: int, *, lock: bool = False) -> Meeting:
@@ -156,21 +174,17 @@ def _issue(
     return Started(meeting=meeting, presenter_token=token, webhooks_status=statuses)
 
 
-def _refusal(code: str, message: str) -> dict[str, Any]:
-    return {"registered": False, "code": code, "message": message}
-
-
 def register_webhooks(
     session: Session,
     meeting: Meeting,
     webhooks: dict[str, Any],
     allowed_networks: tuple[IPv4Network | IPv6Network, ...],
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, Registration]:
     """Register each valid entry (replacing the meeting's callback for that event type).
 
     A bad entry is reported in its status and never fails the start (join.me's contract).
     """
-    statuses: dict[str, dict[str, Any]] = {}
+    statuses: dict[str, Registration] = {}
     for event_type, entry in webhooks.items():
         statuses[event_type] = _register_one(session, meeting, event_type, entry, allowed_networks)
     return statuses
@@ -182,25 +196,25 @@ def _register_one(
     event_type: str,
     entry: Any,
     allowed_networks: tuple[IPv4Network | IPv6Network, ...],
-) -> dict[str, Any]:
+) -> Registration:
     if event_type not in EVENT_TYPES:
-        return _refusal(
+        return Refused(
             "unknown-event-type", f"unknown event type; use one of {', '.join(EVENT_TYPES)}"
         )
     if not isinstance(entry, dict):
-        return _refusal("invalid-webhook", "each webhook must be an object with a callbackUrl")
+        return Refused("invalid-webhook", "each webhook must be an object with a callbackUrl")
     url = entry.get("callbackUrl")
     if not isinstance(url, str) or not url.strip():
-        return _refusal("callback-url-missing", "callbackUrl is required and must be a string")
+        return Refused("callback-url-missing", "callbackUrl is required and must be a string")
     try:
         ssrf.check_callback_url(url, allowed_networks)
     except ssrf.CallbackUrlRefused as refused:
-        return _refusal(refused.code, refused.message)
+        return Refused(refused.code, refused.message)
     custom = entry.get("customCallbackData")
     # Measured as the UTF-8 bytes of its compact JSON ("ü" is two bytes, not a 6-byte escape).
     compact = json.dumps(custom, separators=(",", ":"), ensure_ascii=False)
     if len(compact.encode("utf-8", "surrogatepass")) > MAX_CUSTOM_DATA_BYTES:
-        return _refusal("custom-data-too-large", "customCallbackData must be at most 4 KiB")
+        return Refused("custom-data-too-large", "customCallbackData must be at most 4 KiB")
 
     hook = session.scalar(
         sa.select(Webhook).where(Webhook.meeting_id == meeting.id, Webhook.event_type == event_type)
@@ -215,7 +229,7 @@ def _register_one(
     hook.disabled_at = None
     hook.disabled_reason = None
     session.flush()
-    return {"registered": True, "webhookId": hook.public_id}
+    return Registered(webhook_id=hook.public_id)
 
 
 def use_presenter_link(session: Session, token: str, *, now: dt.datetime | None = None) -> Meeting:
@@ -375,39 +389,3 @@ def viewer_link(meeting: Meeting, user: User, base_url: str) -> str:
 def audio_numbers_url(conference_id: str, base_url: str) -> str:
     """Return the page listing the dial-in numbers of a conference."""
     return f"{base_url}/audio/numbers?{urlencode({'conferenceId': conference_id})}"
-
-
-def start_response(started: Started, user: User, base_url: str) -> dict[str, Any]:
-    """Render a start call's response in join.me's shape (plus our meetingId)."""
-    meeting = started.meeting
-    body: dict[str, Any] = {
-        "meetingId": meeting.id,
-        "presenterLink": f"{base_url}/presenter/{started.presenter_token}",
-        "viewerLink": viewer_link(meeting, user, base_url),
-        "audioConference": {
-            "conferenceId": meeting.conference_id,
-            "conferenceCallNumbersUrl": audio_numbers_url(meeting.conference_id, base_url),
-            "organizerCode": meeting.organizer_code,
-        },
-    }
-    if started.webhooks_status is not None:
-        body["webhooksStatus"] = started.webhooks_status
-    return body
-
-
-def meeting_json(meeting: Meeting, user: User, base_url: str) -> dict[str, Any]:
-    """Render a meeting: join.me's scheduled fields plus our lifecycle extension."""
-    return {
-        "meetingId": meeting.id,
-        "meetingName": meeting.meeting_name,
-        "meetingStart": isoformat(meeting.meeting_start),
-        "meetingEnd": isoformat(meeting.meeting_end),
-        "participants": list(meeting.participants or []),
-        "startWithPersonalUrl": meeting.start_with_personal_url,
-        "conferenceId": meeting.conference_id,
-        "viewerLink": viewer_link(meeting, user, base_url),
-        "status": meeting.status,
-        "startedAt": isoformat(meeting.started_at),
-        "endedAt": isoformat(meeting.ended_at),
-        "durationSeconds": meeting.duration_seconds,
-    }

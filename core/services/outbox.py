@@ -53,8 +53,22 @@ def callback_body(event: Event, meeting: Meeting, webhook: Webhook) -> dict[str,
     }
 
 
-def _compact(body: dict[str, Any]) -> str:
-    return json.dumps(body, separators=(",", ":"))
+def _add_pending(
+    session: Session, body: dict[str, Any], *, now: dt.datetime, **columns: Any
+) -> Delivery:
+    """Add a pending delivery due now, with its own `webhook-id`; note its wake-up."""
+    delivery = Delivery(
+        message_id=new_public_id("msg"),
+        body=json.dumps(body, separators=(",", ":")),
+        status="pending",
+        next_attempt_at=now,
+        last_enqueued_at=now,
+        **columns,
+    )
+    session.add(delivery)
+    session.flush()
+    wakeups.note(session, task_names.DELIVER, delivery_id=delivery.id)
+    return delivery
 
 
 def create_for_event(
@@ -77,8 +91,10 @@ def create_for_event(
     ).all()
     created = []
     for hook in hooks:
-        delivery = Delivery(
-            message_id=new_public_id("msg"),
+        delivery = _add_pending(
+            session,
+            callback_body(event, meeting, hook),
+            now=now,
             event_id=event.id,
             webhook_id=hook.id,
             user_id=meeting.user_id,
@@ -86,14 +102,7 @@ def create_for_event(
             event_type=event.type,
             meeting_sequence=meeting.event_sequence,
             callback_url=hook.callback_url,
-            body=_compact(callback_body(event, meeting, hook)),
-            status="pending",
-            next_attempt_at=now,
-            last_enqueued_at=now,
         )
-        session.add(delivery)
-        session.flush()
-        wakeups.note(session, task_names.DELIVER, delivery_id=delivery.id)
         created.append(delivery.id)
     return created
 
@@ -102,23 +111,17 @@ def create_for_alert(
     session: Session, alert: Alert, rule: AlertRule, body: dict[str, Any], *, now: dt.datetime
 ) -> Delivery:
     """Write the pending delivery of a fired alert to its rule's URL; note its wake-up."""
-    delivery = Delivery(
-        message_id=new_public_id("msg"),
+    return _add_pending(
+        session,
+        body,
+        now=now,
         alert_id=alert.id,
         alert_rule_id=rule.id,
         user_id=alert.user_id,
         meeting_id=alert.meeting_id,
         event_type=f"alert.{alert.type}",
         callback_url=rule.callback_url,
-        body=_compact(body),
-        status="pending",
-        next_attempt_at=now,
-        last_enqueued_at=now,
     )
-    session.add(delivery)
-    session.flush()
-    wakeups.note(session, task_names.DELIVER, delivery_id=delivery.id)
-    return delivery
 
 
 def due_ids(

@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
+from core.responses import MeetingList, MeetingOut, StartOut
 from core.schemas import AdHocStart, ScheduledMeetingIn, ScheduledMeetingPatch, StartOptions
 from core.services import meetings
 from core.validation import parse_datetime, validate
@@ -43,7 +44,7 @@ def start_adhoc() -> Response:
         allowed_networks=settings.callback_allowed_networks,
     )
     session.commit()
-    return _json(meetings.start_response(started, user, settings.base_url), 201)
+    return _json(StartOut.of(started, user, settings.base_url).render(), 201)
 
 
 @bp.post("/<int:meeting_id>/start")
@@ -64,7 +65,7 @@ def start_scheduled(meeting_id: int) -> Response:
         allowed_networks=settings.callback_allowed_networks,
     )
     session.commit()
-    return _json(meetings.start_response(started, user, settings.base_url), 200)
+    return _json(StartOut.of(started, user, settings.base_url).render(), 200)
 
 
 @bp.post("/<int:meeting_id>/end")
@@ -75,7 +76,7 @@ def end(meeting_id: int) -> Response:
     user = current_user()
     meeting, _ = meetings.end_meeting(session, user, meeting_id)
     session.commit()  # publishes the deliveries' wake-ups
-    return _json(meetings.meeting_json(meeting, user, get_settings().base_url), 200)
+    return _json(MeetingOut.of(meeting, user, get_settings().base_url).render(), 200)
 
 
 @bp.post("")
@@ -87,7 +88,7 @@ def create() -> Response:
     user = current_user()
     meeting = meetings.create_scheduled(session, user, data)
     session.commit()
-    return _json(meetings.meeting_json(meeting, user, get_settings().base_url), 201)
+    return _json(MeetingOut.of(meeting, user, get_settings().base_url).render(), 201)
 
 
 @bp.get("")
@@ -105,7 +106,9 @@ def list_upcoming() -> Response:
         end_date=parse_datetime(end_date, "endDate") if end_date else None,
     )
     base_url = get_settings().base_url
-    return jsonify([meetings.meeting_json(meeting, user, base_url) for meeting in found])
+    return jsonify(
+        MeetingList([MeetingOut.of(meeting, user, base_url) for meeting in found]).render()
+    )
 
 
 @bp.get("/<int:meeting_id>")
@@ -114,7 +117,7 @@ def read(meeting_id: int) -> Response:
     """Read one meeting, ad hoc or scheduled, with its lifecycle state."""
     user = current_user()
     meeting = meetings.get_meeting(get_session(), user, meeting_id)
-    return jsonify(meetings.meeting_json(meeting, user, get_settings().base_url))
+    return jsonify(MeetingOut.of(meeting, user, get_settings().base_url).render())
 
 
 @bp.patch("/<int:meeting_id>")
@@ -128,7 +131,7 @@ def update(meeting_id: int) -> Response:
         session, user, meeting_id, patch.model_dump(exclude_unset=True)
     )
     session.commit()
-    return jsonify(meetings.meeting_json(meeting, user, get_settings().base_url))
+    return jsonify(MeetingOut.of(meeting, user, get_settings().base_url).render())
 
 
 @bp.delete("/<int:meeting_id>")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
+from core.responses import UserOut
 from core.services import meetings
-from core.validation import isoformat
 from receiver import get_settings
 from receiver.auth import current_user, require_scope
 from receiver.db import get_session
@@ -19,17 +19,4 @@ def me() -> Response:
     """Describe the current user."""
     user = current_user()
     base_url = get_settings().base_url
-    return jsonify(
-        {
-            "email": user.email,
-            "fullName": user.full_name,
-            "personalUrl": f"{base_url}/{user.personal_url}" if user.personal_url else None,
-            "registrationDate": isoformat(user.registration_date),
-            "numberOfMeetingsHosted": meetings.count_hosted(get_session(), user),
-            "conferenceSettings": {
-                "defaultViewerMode": "default",
-                "viewerAppDetection": True,
-                "conferenceCallNumbersUrl": f"{base_url}/audio/numbers",
-            },
-        }
-    )
+    return jsonify(UserOut.of(user, meetings.count_hosted(get_session(), user), base_url).render())

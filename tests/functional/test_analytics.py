@@ -13,26 +13,11 @@ from core.db import metadata, utcnow
 from core.models import Meeting
 from core.services import accounts
 from core.validation import isoformat
-from tests.analytics_fixture import History, build
+from tests.analytics_fixture import History
 from tests.conftest import Account
 
 SUMMARY, TIMESERIES = "/v1/analytics/summary", "/v1/analytics/timeseries"
 DAY_FROM, DAY_TO = "2026-11-02T00:00:00Z", "2026-11-03T00:00:00Z"
-
-
-@pytest.fixture
-def alice(make_account: Callable[..., Account]) -> Account:
-    return make_account(email="alice@example.com")
-
-
-@pytest.fixture
-def bob(make_account: Callable[..., Account]) -> Account:
-    return make_account(email="bob@example.com")
-
-
-@pytest.fixture
-def history(session_factory: sessionmaker[Session], alice: Account, bob: Account) -> History:
-    return build(session_factory, alice, bob)
 
 
 def get(client: FlaskClient, account: Account, path: str, **params: str) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client import REGISTRY
 from sqlalchemy.orm import Session
-from standardwebhooks.webhooks import Webhook
 
 from core.config import Settings
 from core.errors import ConfigError
@@ -23,6 +22,7 @@ from core.models import Event, Meeting
 from core.services import events as events_service
 from receiver import create_app
 from tests.conftest import INGEST_SECRET, Account, Enqueued
+from tests.platform_events import new_msg_id, signed_headers
 
 NOW = dt.datetime.now(dt.UTC)
 
@@ -43,15 +43,10 @@ def signed(
     msg_id: str | None = None,
     at: dt.datetime | None = None,
 ) -> dict[str, str]:
-    msg_id = msg_id or "msg_" + secrets.token_hex(8)
-    at = at or dt.datetime.now(dt.UTC)
     text = body.decode() if isinstance(body, bytes) else body
-    return {
-        "content-type": "application/json",
-        "webhook-id": msg_id,
-        "webhook-timestamp": str(int(at.timestamp())),
-        "webhook-signature": Webhook(secret).sign(msg_id, at, text),
-    }
+    return signed_headers(
+        msg_id or new_msg_id(), text, at or dt.datetime.now(dt.UTC), secret=secret
+    )
 
 
 def signed_raw(body: bytes, timestamp: str) -> dict[str, str]:

@@ -1,29 +1,12 @@
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy.orm import Session, sessionmaker
 
-from tests.analytics_fixture import History, build
+from tests.analytics_fixture import History
 from tests.conftest import Account
-
-
-@pytest.fixture
-def alice(make_account: Callable[..., Account]) -> Account:
-    return make_account(email="alice@example.com")
-
-
-@pytest.fixture
-def bob(make_account: Callable[..., Account]) -> Account:
-    return make_account(email="bob@example.com")
-
-
-@pytest.fixture
-def history(session_factory: sessionmaker[Session], alice: Account, bob: Account) -> History:
-    return build(session_factory, alice, bob)
 
 
 def events(client: FlaskClient, account: Account, meeting_id: int) -> dict[str, Any]:

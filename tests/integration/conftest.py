@@ -292,6 +292,23 @@ def _delete_redis_keys(url: str, prefix: str) -> Callable[[], None]:
     return delete
 
 
+@contextlib.contextmanager
+def redis_keys(prefix: str) -> Iterator[tuple[str, Callable[[], None]]]:
+    """TEST_REDIS_URL and a function deleting the keys under `prefix`, before and after."""
+    url = os.environ.get("TEST_REDIS_URL", "")
+    if not url:
+        missing("TEST_REDIS_URL is not set")
+    delete = _delete_redis_keys(url, prefix)
+    try:
+        delete()
+    except (OSError, RedisError) as exc:
+        missing(f"Redis unreachable at {url}: {exc}")
+    try:
+        yield url, delete
+    finally:
+        delete()
+
+
 def _rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
 
@@ -322,6 +339,13 @@ def rabbitmq() -> Iterator[RabbitVhost]:
     take each other's messages. With rabbitmqctl at hand (the server runs here) each pytest
     process gets its own vhost; otherwise the URL's vhost is used and purged per test.
     """
+    with rabbitmq_vhost(f"mh-it-{os.getpid()}") as found:
+        yield found
+
+
+@contextlib.contextmanager
+def rabbitmq_vhost(vhost: str) -> Iterator[RabbitVhost]:
+    """TEST_RABBITMQ_URL on `vhost`, made for the block and deleted after, when we may."""
     url = os.environ.get("TEST_RABBITMQ_URL", "")
     if not url:
         missing("TEST_RABBITMQ_URL is not set")
@@ -330,7 +354,6 @@ def rabbitmq() -> Iterator[RabbitVhost]:
     if shutil.which("rabbitmqctl") is None or parts.hostname not in ("127.0.0.1", "localhost"):
         yield shared
         return
-    vhost = f"mh-it-{os.getpid()}"
     own = RabbitVhost(urlunsplit(parts._replace(path=f"/{vhost}")), vhost, shared.user)
     try:
         own.create()
@@ -370,19 +393,9 @@ def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Broker]:
             server.stop()
         return
     if name == "redis":
-        url = os.environ.get("TEST_REDIS_URL", "")
-        if not url:
-            missing("TEST_REDIS_URL is not set")
         prefix = f"mh-it-{os.getpid()}-{next(_counter)}:"
-        delete = _delete_redis_keys(url, prefix)
-        try:
-            delete()
-        except (OSError, RedisError) as exc:
-            missing(f"Redis unreachable at {url}: {exc}")
-        try:
+        with redis_keys(prefix) as (url, delete):
             yield Broker(name, url, purge=delete, key_prefix=prefix)
-        finally:
-            delete()
         return
     rabbit: RabbitVhost = request.getfixturevalue("rabbitmq")
     url = rabbit.url
@@ -559,6 +572,15 @@ def child_pids(pid: int) -> list[int]:
         if ppid == pid:
             found.append(int(entry.name))
     return found
+
+
+def wait_or_show_logs(worker: Worker, check: Callable[[], bool], timeout: float, what: str) -> None:
+    """Wait until `check()` holds; print the worker's logs if it never does."""
+    try:
+        wait_until(check, timeout, what)
+    except AssertionError:
+        print(worker.logs())  # noqa: T201  (the failing test's evidence)
+        raise
 
 
 @dataclass

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
@@ -18,16 +17,9 @@ from core.services import accounts, alerts, events
 from tests.callback_receiver import CallbackReceiver
 from tests.deliveries_helpers import make_meeting_with_hooks
 from tests.integration.conftest import Worker, count, wait_until
-from tests.integration.test_delivery_worker import post_event
+from tests.platform_events import post_event
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def receiver() -> Iterator[CallbackReceiver]:
-    server = CallbackReceiver().start()
-    yield server
-    server.stop()
 
 
 def succeeded(engine: Engine) -> int:

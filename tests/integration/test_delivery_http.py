@@ -13,11 +13,10 @@ from standardwebhooks import Webhook as StandardWebhook
 
 from core import ssrf
 from core.config import Settings
-from core.models import User
 from core.services import delivery_states, outbound_http
 from tests.callback_receiver import TLS_CA, Answer, CallbackReceiver
 from tests.conftest import Account
-from tests.deliveries_helpers import attempts, load, make_delivery, make_due
+from tests.deliveries_helpers import attempts, load, make_delivery, make_due, secret_of
 from workers.tasks.deliveries import run_delivery
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
@@ -28,13 +27,6 @@ def local_settings(settings: Settings) -> Settings:
     return settings.model_copy(
         update={"callback_allowed_networks": LOOPBACK, "callback_timeout_seconds": 1.0}
     )
-
-
-@pytest.fixture
-def receiver() -> Iterator[CallbackReceiver]:
-    server = CallbackReceiver().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -59,13 +51,6 @@ def hooks_test_on_loopback(http: requests.Session, monkeypatch: pytest.MonkeyPat
     """Any host name resolves to 127.0.0.1, and our test CA is trusted: TLS with a real name."""
     monkeypatch.setattr(ssrf, "resolve", lambda host, port: [ipaddress.ip_address("127.0.0.1")])
     http.verify = str(TLS_CA)
-
-
-def secret_of(session_factory: sessionmaker[Session], user_id: int) -> str:
-    with session_factory() as session:
-        user = session.get(User, user_id)
-        assert user is not None
-        return user.signing_secret
 
 
 class TestRealReceiver:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import sqlalchemy as sa
@@ -20,41 +17,17 @@ from core.db import is_sqlite
 from core.models import Delivery, DeliveryAttempt, Event
 from core.services import accounts
 from tests.callback_receiver import Answer, CallbackReceiver, Received
-from tests.conftest import INGEST_SECRET
 from tests.deliveries_helpers import emit, make_meeting_with_hooks
-from tests.integration.conftest import Worker, hold_database_down, wait_until
+from tests.integration.conftest import Worker, hold_database_down, wait_or_show_logs
+from tests.platform_events import post_event
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def receiver() -> Iterator[CallbackReceiver]:
-    server = CallbackReceiver().start()
-    yield server
-    server.stop()
 
 
 def make_user(sessions: sessionmaker[Session]) -> tuple[int, str]:
     with sessions.begin() as session:
         user, _ = accounts.create_user(session, email="cb@example.com", full_name="Callbacks")
         return user.id, user.signing_secret
-
-
-def post_event(app: Flask, meeting_id: int, type_: str = "meeting.start") -> None:
-    """Report a lifecycle event through the signed ingest endpoint, as the platform does."""
-    msg_id = "msg_" + secrets.token_hex(8)
-    now = dt.datetime.now(dt.UTC)
-    body = json.dumps(
-        {"type": type_, "timestamp": now.isoformat(), "data": {"meetingId": meeting_id}}
-    )
-    headers = {
-        "content-type": "application/json",
-        "webhook-id": msg_id,
-        "webhook-timestamp": str(int(now.timestamp())),
-        "webhook-signature": StandardWebhook(INGEST_SECRET).sign(msg_id, now, body),
-    }
-    response = app.test_client().post("/v1/events", data=body, headers=headers)
-    assert response.status_code == 202, response.get_data(as_text=True)
 
 
 def deliveries_by_status(engine: Engine) -> dict[str, int]:
@@ -95,14 +68,6 @@ def attempt_errors(engine: Engine) -> list[str | None]:
         return list(
             conn.execute(sa.select(DeliveryAttempt.error).order_by(DeliveryAttempt.id)).scalars()
         )
-
-
-def wait_or_show_logs(worker: Worker, check: object, timeout: float, what: str) -> None:
-    try:
-        wait_until(check, timeout, what)  # type: ignore[arg-type]
-    except AssertionError:
-        print(worker.logs())  # noqa: T201  (the failing test's evidence)
-        raise
 
 
 def test_receiver_down_then_back_gets_every_callback(

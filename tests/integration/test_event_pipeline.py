@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
-import secrets
 import threading
 import time
 from dataclasses import dataclass
@@ -13,14 +11,12 @@ import sqlalchemy as sa
 from flask import Flask
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
-from standardwebhooks.webhooks import Webhook
 
 from core.config import Settings
 from core.db import is_sqlite
 from core.models import Event, Meeting
 from core.services import accounts
 from receiver import create_app
-from tests.conftest import INGEST_SECRET
 from tests.integration.conftest import (
     Broker,
     TcpProxy,
@@ -29,6 +25,7 @@ from tests.integration.conftest import (
     hold_database_down,
     wait_until,
 )
+from tests.platform_events import event_body, new_msg_id, post_event, signed_headers
 
 pytestmark = pytest.mark.integration
 UNPROCESSED = sa.select(sa.func.count()).select_from(Event).where(Event.processed_at.is_(None))
@@ -48,23 +45,6 @@ def make_meetings(sessions: sessionmaker[Session], how_many: int) -> list[int]:
         session.add_all(meetings)
         session.flush()
         return [m.id for m in meetings]
-
-
-def post_event(app: Flask, meeting_id: int, type_: str = "meeting.start") -> str:
-    msg_id = "msg_" + secrets.token_hex(8)
-    now = dt.datetime.now(dt.UTC)
-    body = json.dumps(
-        {"type": type_, "timestamp": now.isoformat(), "data": {"meetingId": meeting_id}}
-    )
-    headers = {
-        "content-type": "application/json",
-        "webhook-id": msg_id,
-        "webhook-timestamp": str(int(now.timestamp())),
-        "webhook-signature": Webhook(INGEST_SECRET).sign(msg_id, now, body),
-    }
-    response = app.test_client().post("/v1/events", data=body, headers=headers)
-    assert response.status_code == 202, response.get_data(as_text=True)
-    return msg_id
 
 
 def assert_all_stored_once_and_started(engine: Engine, acknowledged: list[str]) -> None:
@@ -198,21 +178,13 @@ def test_broker_restart_mid_stream_loses_nothing(
 
 def post_until_accepted(app: Flask, meeting_id: int, *, within: float = 60) -> tuple[str, int]:
     """Post one event like the platform does: the same message again after a 503."""
-    msg_id = "msg_" + secrets.token_hex(8)
-    now = dt.datetime.now(dt.UTC)
-    body = json.dumps(
-        {"type": "meeting.start", "timestamp": now.isoformat(), "data": {"meetingId": meeting_id}}
-    )
+    msg_id = new_msg_id()
+    body = event_body(meeting_id, at=dt.datetime.now(dt.UTC))
     refused = 0
     deadline = time.monotonic() + within
     while True:
         sent_at = dt.datetime.now(dt.UTC)
-        headers = {
-            "content-type": "application/json",
-            "webhook-id": msg_id,
-            "webhook-timestamp": str(int(sent_at.timestamp())),
-            "webhook-signature": Webhook(INGEST_SECRET).sign(msg_id, sent_at, body),
-        }
+        headers = signed_headers(msg_id, body, sent_at)
         response = app.test_client().post("/v1/events", data=body, headers=headers)
         if response.status_code in (200, 202):
             return msg_id, refused

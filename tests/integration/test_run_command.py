@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import answers_ok, free_port, wait_until
+from tests.integration.conftest import answers_ok, child_pids, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -28,15 +28,8 @@ def _alive(pid: int) -> bool:
 
 def _descendants(pid: int) -> list[int]:
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().split(") ", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue  # gone meanwhile
-        if ppid == pid:
-            found += [int(entry.name), *_descendants(int(entry.name))]
+    for child in child_pids(pid):
+        found += [child, *_descendants(child)]
     return found
 
 

@@ -17,7 +17,7 @@ from core.services import accounts
 from tests.callback_receiver import CallbackReceiver
 from tests.deliveries_helpers import make_meeting_with_hooks
 from tests.integration.conftest import PoolsWorker, free_port, wait_until
-from tests.integration.test_event_pipeline import post_event
+from tests.platform_events import post_event
 
 pytestmark = pytest.mark.integration
 

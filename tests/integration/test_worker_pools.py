@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
@@ -23,18 +22,12 @@ from core.services import accounts
 from core.services.delivery_states import IN_PROGRESS, lease_duration
 from tests.callback_receiver import Answer, CallbackReceiver, Received
 from tests.deliveries_helpers import make_delivery, make_meeting_with_hooks
-from tests.integration.conftest import PoolsWorker, count, wait_until
-from tests.integration.test_event_pipeline import UNPROCESSED, make_meetings, post_event
+from tests.integration.conftest import PoolsWorker, count, wait_or_show_logs
+from tests.integration.test_event_pipeline import UNPROCESSED, make_meetings
+from tests.platform_events import post_event
 
 pytestmark = pytest.mark.integration
 DELIVER = "workers.deliveries.deliver"
-
-
-@pytest.fixture
-def receiver() -> Iterator[CallbackReceiver]:
-    server = CallbackReceiver().start()
-    yield server
-    server.stop()
 
 
 def make_user(sessions: sessionmaker[Session]) -> int:
@@ -59,12 +52,13 @@ def statuses(engine: Engine) -> list[str]:
         return list(conn.execute(sa.select(Delivery.status)).scalars())
 
 
-def wait_or_show_logs(worker: PoolsWorker, check: object, timeout: float, what: str) -> None:
-    try:
-        wait_until(check, timeout, what)  # type: ignore[arg-type]
-    except AssertionError:
-        print(worker.logs())  # noqa: T201  (the failing test's evidence)
-        raise
+def start_and_wake(worker: PoolsWorker, app: Flask, delivery_ids: list[int]) -> None:
+    """Start the worker and send one wake-up per delivery once it is ready."""
+    worker.start()
+    worker.wait_ready()
+    send = app.extensions["meetinghooks.enqueue"]
+    for delivery_id in delivery_ids:
+        send(DELIVER, {"delivery_id": delivery_id})
 
 
 def test_wake_ups_in_bursts_never_make_two_attempts_of_one_delivery_at_once(
@@ -114,11 +108,7 @@ def test_callbacks_to_a_forbidden_address_are_refused_by_every_thread(
     pools_worker.pool_args, pools_worker.beat = ("deliveries",), False
     user_id = make_user(it_sessions)
     ids = [make_delivery(it_sessions, user_id, receiver.url()) for _ in range(10)]
-    pools_worker.start()
-    pools_worker.wait_ready()
-    send = it_app.extensions["meetinghooks.enqueue"]
-    for delivery_id in ids:
-        send(DELIVER, {"delivery_id": delivery_id})
+    start_and_wake(pools_worker, it_app, ids)
     wait_or_show_logs(
         pools_worker,
         lambda: {d for d, _ in finished_attempts(it_engine)} == set(ids),
@@ -153,11 +143,7 @@ def test_receivers_trickling_their_answer_are_cut_off_at_twice_the_timeout_each(
     ids = [make_delivery(it_sessions, user_id, receiver.url()) for _ in range(5)]
     with it_engine.connect() as conn:
         message_of = dict(conn.execute(sa.select(Delivery.id, Delivery.message_id)).all())
-    pools_worker.start()
-    pools_worker.wait_ready()
-    send = it_app.extensions["meetinghooks.enqueue"]
-    for delivery_id in ids:
-        send(DELIVER, {"delivery_id": delivery_id})
+    start_and_wake(pools_worker, it_app, ids)
     ended: dict[int, tuple[float, str | None]] = {}
     deadline = time.monotonic() + 60
     while len(ended) < len(ids) and time.monotonic() < deadline:

@@ -19,19 +19,17 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-import sqlalchemy as sa
-from redis.exceptions import RedisError
 
 from core.db import is_sqlite
-from tests.conftest import TEST_DATABASE_URL, drop_database
+from tests.conftest import TEST_DATABASE_URL, drop_database, empty_postgres_database
 from tests.integration.conftest import (
     RabbitVhost,
-    _delete_redis_keys,
     _purge_with_kombu,
     missing,
+    rabbitmq_vhost,
+    redis_keys,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,14 +113,8 @@ def empty_database_url() -> Iterator[str]:
     """A new, empty PostgreSQL database: `meetinghooks db upgrade` makes its schema."""
     if not TEST_DATABASE_URL or is_sqlite(TEST_DATABASE_URL):
         missing("TEST_DATABASE_URL is not a PostgreSQL server (the production path needs one)")
-    server = sa.make_url(TEST_DATABASE_URL or "")
     name = f"mh_prod_{os.getpid()}_{next(_counter)}"
-    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    admin.dispose()
-    url = server.set(database=name).render_as_string(hide_password=False)
+    url = empty_postgres_database(TEST_DATABASE_URL or "", name)
     yield url
     drop_database(url)
 
@@ -139,45 +131,17 @@ class ProductionBroker:
 @pytest.fixture(scope="session")
 def production_rabbitmq() -> Iterator[RabbitVhost]:
     """TEST_RABBITMQ_URL on a vhost of this pytest process's production tests, when we may."""
-    url = os.environ.get("TEST_RABBITMQ_URL", "")
-    if not url:
-        missing("TEST_RABBITMQ_URL is not set")
-    parts = urlsplit(url)
-    shared = RabbitVhost(url, None, parts.username or "guest")
-    if shutil.which("rabbitmqctl") is None or parts.hostname not in ("127.0.0.1", "localhost"):
-        yield shared
-        return
     # Not the integration tests' vhost: both suites may run in one pytest process.
-    vhost = f"mh-prod-{os.getpid()}"
-    own = RabbitVhost(urlunsplit(parts._replace(path=f"/{vhost}")), vhost, shared.user)
-    try:
-        own.create()
-    except (OSError, subprocess.SubprocessError):
-        yield shared
-        return
-    try:
-        yield own
-    finally:
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            own.delete()
+    with rabbitmq_vhost(f"mh-prod-{os.getpid()}") as found:
+        yield found
 
 
 @pytest.fixture(params=["redis", "rabbitmq"])
 def production_broker(request: pytest.FixtureRequest) -> Iterator[ProductionBroker]:
     if request.param == "redis":
-        url = os.environ.get("TEST_REDIS_URL", "")
-        if not url:
-            missing("TEST_REDIS_URL is not set")
         prefix = f"mh-prod-{os.getpid()}-{next(_counter)}:"
-        delete = _delete_redis_keys(url, prefix)
-        try:
-            delete()
-        except (OSError, RedisError) as exc:
-            missing(f"Redis unreachable at {url}: {exc}")
-        try:
+        with redis_keys(prefix) as (url, _):
             yield ProductionBroker("redis", url, {"BROKER_KEY_PREFIX": prefix})
-        finally:
-            delete()
         return
     rabbit: RabbitVhost = request.getfixturevalue("production_rabbitmq")
     purge = _purge_with_kombu(rabbit.url)

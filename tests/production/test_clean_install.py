@@ -1,9 +1,7 @@
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +12,7 @@ from standardwebhooks.webhooks import Webhook
 from tests.callback_receiver import CallbackReceiver
 from tests.conftest import INGEST_SECRET
 from tests.integration.conftest import answers_ok, free_port
+from tests.platform_events import signed_event
 from tests.production.conftest import (
     CleanInstall,
     Deployment,
@@ -27,13 +26,6 @@ BOOT_SECONDS = 90
 DELIVERY_SECONDS = 90
 # Only the dev extras bring these in; a production install must not need them.
 DEV_ONLY = {"pytest", "ruff", "mypy", "requests-mock", "pytest-socket", "pytest-timeout", "uv"}
-
-
-@pytest.fixture
-def receiver() -> Iterator[CallbackReceiver]:
-    server = CallbackReceiver().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -73,17 +65,7 @@ def deployment(
 
 
 def ingest(base_url: str, meeting_id: int, type_: str) -> None:
-    msg_id = "msg_" + secrets.token_hex(8)
-    now = dt.datetime.now(dt.UTC)
-    body = json.dumps(
-        {"type": type_, "timestamp": now.isoformat(), "data": {"meetingId": meeting_id}}
-    )
-    headers = {
-        "Content-Type": "application/json",
-        "webhook-id": msg_id,
-        "webhook-timestamp": str(int(now.timestamp())),
-        "webhook-signature": Webhook(INGEST_SECRET).sign(msg_id, now, body),
-    }
+    _, body, headers = signed_event(meeting_id, type_)
     response = requests.post(f"{base_url}/v1/events", data=body, headers=headers, timeout=30)
     assert response.status_code == 202, response.text
 

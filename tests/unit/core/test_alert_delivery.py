@@ -18,11 +18,11 @@ from standardwebhooks import Webhook as StandardWebhook
 from core import task_names, wakeups
 from core.config import Settings
 from core.db import utcnow
-from core.models import Alert, AlertRule, AlertType, Delivery, User, Webhook
+from core.models import Alert, AlertRule, AlertType, Delivery, Webhook
 from core.security import new_public_id
 from core.services import alert_triggers, delivery_states, outbound_http, outbox
 from tests.conftest import Account, Enqueued
-from tests.deliveries_helpers import attempts, load, make_delivery, make_due
+from tests.deliveries_helpers import attempts, load, make_delivery, make_due, secret_of
 from workers.tasks.deliveries import run_delivery
 
 ALERT_URL = "https://alerts.example.com/incoming"
@@ -76,13 +76,6 @@ def attempt(
     return run_delivery(
         session_factory, delivery_id, settings=settings, http=http, rng=random.Random(1)
     )
-
-
-def secret_of(session_factory: sessionmaker[Session], user_id: int) -> str:
-    with session_factory() as session:
-        user = session.get(User, user_id)
-        assert user is not None
-        return user.signing_secret
 
 
 class TestAlertDelivery:

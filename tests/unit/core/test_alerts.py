@@ -4,7 +4,6 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
-import pytest
 import requests
 import requests_mock as rm
 import sqlalchemy as sa
@@ -21,7 +20,6 @@ from core.models import (
     Delivery,
     Meeting,
     PresenterLink,
-    User,
     Webhook,
 )
 from core.security import hash_token, new_token
@@ -31,11 +29,16 @@ from core.services import (
     delivery_log,
     delivery_states,
     events,
-    outbound_http,
 )
 from core.validation import isoformat
 from tests.conftest import Account
-from tests.deliveries_helpers import load, make_delivery, make_due, make_meeting_with_hooks
+from tests.deliveries_helpers import (
+    load,
+    make_delivery,
+    make_due,
+    make_meeting_with_hooks,
+    secret_of,
+)
 from workers.tasks.deliveries import run_delivery
 
 HOOK = "https://93.184.216.34/meetings"
@@ -79,13 +82,6 @@ def sweep(session_factory: sessionmaker[Session], now: dt.datetime) -> int:
         return alerts.sweep(session, now=now)
 
 
-def secret_of(session_factory: sessionmaker[Session], user_id: int) -> str:
-    with session_factory() as session:
-        user = session.get(User, user_id)
-        assert user is not None
-        return user.signing_secret
-
-
 def new_meeting(
     session_factory: sessionmaker[Session], user_id: int, name: str | None = None
 ) -> int:
@@ -123,21 +119,6 @@ def add_link(
                 used_at=expires_at - dt.timedelta(minutes=1) if used else None,
             )
         )
-
-
-@pytest.fixture
-def http() -> requests.Session:
-    return outbound_http.make_http_session()
-
-
-@pytest.fixture
-def attempt(
-    session_factory: sessionmaker[Session], settings: Settings, http: requests.Session
-) -> Callable[[int], delivery_states.Recorded | None]:
-    def run(delivery_id: int) -> delivery_states.Recorded | None:
-        return run_delivery(session_factory, delivery_id, settings=settings, http=http)
-
-    return run
 
 
 class TestLongRunning:

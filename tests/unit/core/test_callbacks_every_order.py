@@ -13,12 +13,12 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.models import Delivery, Event, Meeting, Webhook
-from core.security import new_public_id
+from core.models import Delivery, Event, Meeting
 from core.services import events
 from core.services.events import END, START
 from core.validation import isoformat
 from tests.conftest import Account
+from tests.deliveries_helpers import deliver_event, make_meeting_with_hooks
 
 T0 = dt.datetime(2026, 11, 24, 10, 0, tzinfo=dt.UTC)
 STATUS_RANK = {"scheduled": 0, "started": 1, "ended": 2}
@@ -83,47 +83,14 @@ CASES: dict[str, tuple[list[tuple[str, int]], tuple[Any, ...], list[str]]] = {
 
 
 def new_meeting(session_factory: sessionmaker[Session], user_id: int, number: int) -> int:
-    with session_factory.begin() as session:
-        meeting = Meeting(
-            user_id=user_id,
-            kind="adhoc",
-            meeting_code=f"{300000000 + number}",
-            conference_id=f"{400000000 + number}",
-            organizer_code="1234",
-            participants=[],
-        )
-        session.add(meeting)
-        session.flush()
-        for event_type in (START, END):
-            session.add(
-                Webhook(
-                    public_id=new_public_id("wh"),
-                    user_id=user_id,
-                    meeting_id=meeting.id,
-                    event_type=event_type,
-                    callback_url=f"https://93.184.216.34/{event_type}",
-                )
-            )
-        return meeting.id
+    urls = {event_type: f"https://93.184.216.34/{event_type}" for event_type in (START, END)}
+    return make_meeting_with_hooks(session_factory, user_id, urls, number=number)
 
 
 def record_and_apply(
     session_factory: sessionmaker[Session], meeting_id: int, type_: str, minute: int
 ) -> events.Applied:
-    with session_factory.begin() as session:
-        event, _ = events.record_event(
-            session,
-            source="platform",
-            source_event_id=new_public_id("msg"),
-            type=type_,
-            occurred_at=T0 + dt.timedelta(minutes=minute),
-            payload={},
-            meeting_id=meeting_id,
-            user_id=None,
-        )
-        event_id = event.id
-    with session_factory.begin() as session:
-        return events.apply_event(session, event_id)
+    return deliver_event(session_factory, meeting_id, type_, T0 + dt.timedelta(minutes=minute))
 
 
 def shown(meeting: Meeting) -> tuple[Any, ...]:

@@ -29,6 +29,7 @@ from tests.deliveries_helpers import (
     load,
     make_delivery,
     make_due,
+    secret_of,
 )
 from workers.tasks.deliveries import run_delivery
 
@@ -37,30 +38,8 @@ SCHEDULE = (5, 300, 1800, 7200, 18000, 36000, 36000)
 
 
 @pytest.fixture
-def http() -> requests.Session:
-    return outbound_http.make_http_session()
-
-
-@pytest.fixture
-def attempt(
-    session_factory: sessionmaker[Session], settings: Settings, http: requests.Session
-) -> Callable[..., delivery_states.Recorded | None]:
-    def run(delivery_id: int, rng: random.Random | None = None) -> delivery_states.Recorded | None:
-        return run_delivery(session_factory, delivery_id, settings=settings, http=http, rng=rng)
-
-    return run
-
-
-@pytest.fixture
 def delivery_id(session_factory: sessionmaker[Session], account: Account) -> int:
     return make_delivery(session_factory, account.id, HOOK, custom={"foo": 123})
-
-
-def secret_of(session_factory: sessionmaker[Session], user_id: int) -> str:
-    with session_factory() as session:
-        user = session.get(User, user_id)
-        assert user is not None
-        return user.signing_secret
 
 
 class TestSuccess:

@@ -9,11 +9,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.models import Delivery, Event, Meeting, Webhook
-from core.security import new_public_id
+from core.models import Delivery, Event, Meeting
 from core.services import events
 from core.services.events import END, START, Happened
 from tests.conftest import Account
+from tests.deliveries_helpers import apply, deliver_event, make_meeting_with_hooks, record
 
 T0 = dt.datetime(2026, 11, 24, 10, 0, tzinfo=dt.UTC)
 STATUS_RANK = {"scheduled": 0, "started": 1, "ended": 2}
@@ -26,66 +26,13 @@ def at(minutes: float) -> dt.datetime:
 def new_meeting(
     session_factory: sessionmaker[Session], user_id: int, number: int, hooks: tuple[str, ...] = ()
 ) -> int:
-    with session_factory.begin() as session:
-        meeting = Meeting(
-            user_id=user_id,
-            kind="adhoc",
-            meeting_code=f"{300000000 + number}",
-            conference_id=f"{400000000 + number}",
-            organizer_code="1234",
-            participants=[],
-        )
-        session.add(meeting)
-        session.flush()
-        for event_type in hooks:
-            session.add(
-                Webhook(
-                    public_id=new_public_id("wh"),
-                    user_id=user_id,
-                    meeting_id=meeting.id,
-                    event_type=event_type,
-                    callback_url="https://93.184.216.34/hook",
-                    custom_callback_data={"k": "v"},
-                )
-            )
-        return meeting.id
+    urls = dict.fromkeys(hooks, "https://93.184.216.34/hook")
+    return make_meeting_with_hooks(session_factory, user_id, urls, {"k": "v"}, number=number)
 
 
 @pytest.fixture
 def meeting_id(session_factory: sessionmaker[Session], account: Account) -> int:
     return new_meeting(session_factory, account.id, 1, hooks=(START, END))
-
-
-def record(
-    session_factory: sessionmaker[Session],
-    meeting_id: int | None,
-    type_: str,
-    when: dt.datetime,
-    source_event_id: str | None = None,
-) -> int:
-    with session_factory.begin() as session:
-        event, _ = events.record_event(
-            session,
-            source="platform",
-            source_event_id=source_event_id or new_public_id("msg"),
-            type=type_,
-            occurred_at=when,
-            payload={},
-            meeting_id=meeting_id,
-            user_id=None,
-        )
-        return event.id
-
-
-def apply(session_factory: sessionmaker[Session], event_id: int) -> events.Applied:
-    with session_factory.begin() as session:
-        return events.apply_event(session, event_id)
-
-
-def deliver_event(
-    session_factory: sessionmaker[Session], meeting_id: int | None, type_: str, when: dt.datetime
-) -> events.Applied:
-    return apply(session_factory, record(session_factory, meeting_id, type_, when))
 
 
 def state(session_factory: sessionmaker[Session], meeting_id: int) -> tuple[Any, ...]:

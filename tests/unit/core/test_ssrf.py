@@ -301,13 +301,6 @@ class TestConnectTimeCheck:
 
 
 @pytest.fixture
-def receiver() -> Iterator[CallbackReceiver]:
-    server = CallbackReceiver().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def tls_receiver() -> Iterator[CallbackReceiver]:
     server = CallbackReceiver(tls=True).start()
     yield server

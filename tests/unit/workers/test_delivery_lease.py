@@ -10,7 +10,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -75,13 +74,6 @@ class Spans:
             for b in spans[i + 1 :]
             if a[0] == b[0] and b[1] < a[2]
         ]
-
-
-@pytest.fixture
-def receiver() -> Iterator[CallbackReceiver]:
-    server = CallbackReceiver().start()
-    yield server
-    server.stop()
 
 
 def test_a_lease_outlasting_a_long_wait_for_the_lock_keeps_a_second_worker_out(

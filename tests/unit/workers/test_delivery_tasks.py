@@ -3,7 +3,6 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -123,13 +122,6 @@ def test_one_http_session_per_process(settings: Settings, monkeypatch: pytest.Mo
     # After a fork the child builds its own pool instead of sharing the parent's sockets.
     monkeypatch.setattr(delivery_tasks, "_http_pid", -1)
     assert http_session(settings) is not first
-
-
-@pytest.fixture
-def receiver() -> Iterator[CallbackReceiver]:
-    server = CallbackReceiver().start()
-    yield server
-    server.stop()
 
 
 def loopback_settings(settings: Settings, **changes: Any) -> Settings:
