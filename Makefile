@@ -45,10 +45,10 @@ test: lint
 		$(BIN)/pytest; \
 	fi
 
+# The service as deployed (gunicorn, both worker pools, beat) on a PostgreSQL database and a
+# Redis prefix of its own, next to baselines from the same run: bench/README.md.
 bench: install
-	$(BIN)/python bench/ingest.py
-	$(BIN)/python bench/deliveries.py
-	$(BIN)/python bench/slow_receivers.py
+	$(BIN)/python bench/suite.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

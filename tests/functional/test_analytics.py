@@ -10,8 +10,8 @@ from flask.testing import FlaskClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.db import metadata, utcnow
-from core.models import Meeting
-from core.services import accounts
+from core.models import AlertType, Meeting
+from core.services import accounts, alerts
 from core.validation import isoformat
 from tests.analytics_fixture import History
 from tests.conftest import Account
@@ -105,6 +105,34 @@ class TestSummary:
             "successRate": 0.6,
             "p95LatencyMs": 1600,
         }
+
+    def test_alert_deliveries_are_not_callbacks(
+        self,
+        client: FlaskClient,
+        alice: Account,
+        history: History,
+        session_factory: sessionmaker[Session],
+    ) -> None:
+        now = utcnow()
+        span = {
+            "from": isoformat(now - dt.timedelta(hours=1)) or "",
+            "to": isoformat(now + dt.timedelta(hours=1)) or "",
+        }
+        before = get(client, alice, SUMMARY, **span)["deliveries"]
+        with session_factory.begin() as session:
+            rule = alerts.create_rule(
+                session,
+                alice.id,
+                type=AlertType.DELIVERY_FAILED,
+                params={},
+                callback_url="https://alerts.example.test/hook",
+            )
+            fired = alerts.fire(
+                session, rule, subject_key="delivery:test", text="t", data={}, now=utcnow()
+            )
+            assert fired is not None
+        # The alert's own delivery (pending, made now) is in the outbox but is no callback.
+        assert get(client, alice, SUMMARY, **span)["deliveries"] == before
 
     def test_default_range_is_the_last_30_days_up_to_now(
         self, client: FlaskClient, alice: Account, history: History
