@@ -189,12 +189,16 @@ def psycopg_loop(dsn: str, threads: int, seconds: float, limit: int) -> tuple[in
                 with lock:
                     count += 1
 
+    _run_in_threads(loop, threads)
+    return count, time.perf_counter() - started
+
+
+def _run_in_threads(loop: Callable[[], None], threads: int) -> None:
     workers = [threading.Thread(target=loop) for _ in range(threads)]
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join()
-    return count, time.perf_counter() - started
 
 
 def requests_loop(
@@ -229,11 +233,7 @@ def requests_loop(
                     with lock:
                         count += 1
 
-    workers = [threading.Thread(target=loop) for _ in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
+    _run_in_threads(loop, threads)
     return count, time.perf_counter() - started
 
 

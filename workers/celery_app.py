@@ -70,8 +70,13 @@ class DbTask(Task):  # type: ignore[misc]
         with DbTask._building:  # two threads' first tasks must not build two engines
             if DbTask._session_factory is None:
                 settings = cls.get_settings()
-                # One connection per thread at most, so no task waits for the pool.
-                engine = make_engine(settings.database_url, max_overflow=max(10, cls.threads))
+                # One connection per thread, kept: no task waits for the pool, and none opens a
+                # new connection per delivery (a pool of 5 closed the rest on every return).
+                engine = make_engine(
+                    settings.database_url,
+                    pool_size=max(5, cls.threads),
+                    max_overflow=max(10, cls.threads),
+                )
                 DbTask._session_factory = make_session_factory(engine)
             base = DbTask._session_factory
             if DbTask._publishing is None or DbTask._publishing[0] is not base:

@@ -12,7 +12,6 @@ from flask import Blueprint, Response, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field
 
 from core import pagination
-from core.db import utcnow
 from core.responses import DeliveryOut, DeliveryPage, SigningSecretOut
 from core.services import accounts, delivery_log
 from core.validation import validate
@@ -78,7 +77,6 @@ def redeliver(delivery_id: int) -> Response:
         session,
         current_user().id,
         delivery_id,
-        now=utcnow(),
         max_attempts=len(get_settings().retry_schedule) + 1,
     )
     session.commit()  # publishes its wake-up
