@@ -39,6 +39,9 @@ LANDED = {
     "2026_12_01_0003_backfill_delivery_sequence.py": (
         "09916303c44bb31aff2a5fb3099fea228b6ce44067b41a9331175d7161d3c362"
     ),
+    "2026_12_01_0004_alerts_and_a_general_outbox.py": (
+        "3403f7c6876fd9dbd13c74267a2f26e12e72d81b64df1fd2f9315adbb1eeafb0"
+    ),
 }
 
 # Naive UTC, as the 0001 columns store it.
