@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -64,15 +65,29 @@ def insert_unless_present(
     INSERT ... ON CONFLICT DO NOTHING: concurrent duplicates are safe on both databases
     without catching IntegrityError mid-transaction.
     """
+    row = insert_unless_present_returning(
+        session, model, values, unique=unique, returning=[model.__table__.c.id]
+    )
+    return None if row is None else int(row[0])
+
+
+def insert_unless_present_returning(
+    session: Session,
+    model: type[Base],
+    values: dict[str, Any],
+    *,
+    unique: list[str],
+    returning: Sequence[Any],
+) -> sa.Row[*tuple[Any, ...]] | None:
+    """Like `insert_unless_present`, returning the new row's `returning` columns, or None."""
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     statement = (
         insert(model)
         .values(**values)
         .on_conflict_do_nothing(index_elements=unique)
-        .returning(model.__table__.c.id)
+        .returning(*returning)
     )
-    new_id: int | None = session.execute(statement).scalar()
-    return new_id
+    return session.execute(statement).first()
 
 
 def is_sqlite(url: str | sa.URL) -> bool:

@@ -12,11 +12,18 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
 
+from core import task_names
+
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
 KEY = "meetinghooks.wakeups"
 Publish = Callable[[str, dict[str, Any]], None]
+WakeUp = tuple[str, dict[str, Any]]
+# A batch message names at most this many rows.
+BATCH_LIMIT = 100
+# Wake-ups that fold into one message: task -> (its batch task, the id argument, the list one).
+BATCHES = {task_names.PROCESS_EVENT: (task_names.PROCESS_EVENTS, "event_id", "event_ids")}
 
 
 def note(session: Session, task_name: str, **kwargs: Any) -> None:
@@ -35,6 +42,39 @@ def take(session: Session) -> list[tuple[str, dict[str, Any]]]:
     return taken
 
 
+def fold(wake_ups: list[WakeUp]) -> list[WakeUp]:
+    """Fold wake-ups of a batchable task into batch messages, where the first of them stood.
+
+    A lone wake-up stays a message of its own task, so a worker that does not know the batch
+    task yet (a rolling upgrade) still gets it.
+    """
+    slots: list[WakeUp | str] = []  # a wake-up, or the name of a task whose batch goes here
+    ids: dict[str, list[Any]] = {}
+    for task_name, kwargs in wake_ups:
+        batch = BATCHES.get(task_name)
+        if batch is None or set(kwargs) != {batch[1]}:
+            slots.append((task_name, kwargs))
+            continue
+        if task_name not in ids:
+            slots.append(task_name)
+        ids.setdefault(task_name, []).append(kwargs[batch[1]])
+    folded: list[WakeUp] = []
+    for slot in slots:
+        if not isinstance(slot, str):
+            folded.append(slot)
+            continue
+        batch_task, one, many = BATCHES[slot]
+        names = ids[slot]
+        if len(names) == 1:
+            folded.append((slot, {one: names[0]}))
+            continue
+        folded += [
+            (batch_task, {many: names[i : i + BATCH_LIMIT]})
+            for i in range(0, len(names), BATCH_LIMIT)
+        ]
+    return folded
+
+
 def publish_after_commit(factory: sessionmaker[Session], publish: Publish) -> None:
     """Publish each committed transaction's wake-ups through `publish`; drop rolled-back ones.
 
@@ -46,7 +86,7 @@ def publish_after_commit(factory: sessionmaker[Session], publish: Publish) -> No
     def _publish(session: Session) -> None:
         if session.in_nested_transaction():
             return
-        for task_name, kwargs in take(session):
+        for task_name, kwargs in fold(take(session)):
             publish(task_name, kwargs)
 
     @event.listens_for(factory, "after_rollback")

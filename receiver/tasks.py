@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
+import os
+import queue
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from flask import current_app
 from kombu import pools as kombu_pools
+
+from core import wakeups
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -20,19 +26,77 @@ log = logging.getLogger(__name__)
 Enqueue = Callable[[str, dict[str, Any]], None]
 
 
+# How long close() waits for the sender to hand over what it holds.
+CLOSE_TIMEOUT_SECONDS = 5
+_STOP: wakeups.WakeUp = ("", {})
+
+
 class CeleryEnqueuer:
-    """Publish tasks by name through a Celery app for `settings` (no task code imported)."""
+    """Publish tasks by name through a Celery app for `settings` (no task code imported).
+
+    A request hands its wake-ups to this process's sender thread and answers at once: the
+    rows are committed, so the publish need not hold the request. The sender folds the
+    `process_event` wake-ups it finds waiting into `process_events` batches, so under load
+    one message (and one worker transaction) carries many events. A wake-up still queued
+    when the process dies is a lost message: the inbox sweep re-sends its event.
+    """
 
     def __init__(self, settings: Settings) -> None:
         from workers.celery_app import make_celery  # noqa: PLC0415  (only needed to send)
 
         self.celery = make_celery(settings)
+        self._waiting: queue.SimpleQueue[wakeups.WakeUp] = queue.SimpleQueue()
+        self._sender: threading.Thread | None = None
+        self._sender_pid: int | None = None
+        self._starting = threading.Lock()
 
     def __call__(self, task_name: str, kwargs: dict[str, Any]) -> None:
-        self.celery.send_task(task_name, kwargs=kwargs)
+        self._ensure_sender()
+        self._waiting.put((task_name, kwargs))
+
+    def _ensure_sender(self) -> None:
+        # Started on first use, in the process that uses it: gunicorn forks after loading.
+        if self._sender is not None and self._sender_pid == os.getpid():
+            return
+        with self._starting:
+            if self._sender is None or self._sender_pid != os.getpid():
+                self._sender = threading.Thread(
+                    target=self._send_forever, name="meetinghooks-enqueuer", daemon=True
+                )
+                self._sender_pid = os.getpid()
+                self._sender.start()
+                atexit.register(self.flush)
+
+    def _send_forever(self) -> None:
+        while True:
+            batch = [self._waiting.get()]
+            with contextlib.suppress(queue.Empty):
+                while len(batch) < wakeups.BATCH_LIMIT * 10:
+                    batch.append(self._waiting.get_nowait())
+            stop = _STOP in batch
+            self._send([item for item in batch if item != _STOP])
+            if stop:
+                return
+
+    def _send(self, batch: list[wakeups.WakeUp]) -> None:
+        for task_name, kwargs in wakeups.fold(batch):
+            try:
+                self.celery.send_task(task_name, kwargs=kwargs)
+            except Exception:
+                log.warning("receiver.enqueue.failed task=%s", task_name, exc_info=True)
+
+    def flush(self) -> None:
+        """Send what is waiting and stop the sender (at exit, or before close)."""
+        sender = self._sender
+        if sender is None or self._sender_pid != os.getpid() or not sender.is_alive():
+            return
+        self._waiting.put(_STOP)
+        sender.join(CLOSE_TIMEOUT_SECONDS)
+        self._sender = None
 
     def close(self) -> None:
-        """Release the broker connections."""
+        """Send what is waiting, then release the broker connections."""
+        self.flush()
         # close() alone leaves the producer pool's AMQP socket open (a ResourceWarning).
         self.celery.producer_pool.connections.force_close_all()
         # kombu keeps one producer pool per broker URL for the whole process: drop the one we

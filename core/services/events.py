@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from core import task_names, wakeups
-from core.db import insert_unless_present, utcnow
+from core.db import insert_unless_present, insert_unless_present_returning, utcnow
 from core.models import Event, Meeting
 from core.security import new_public_id
 from core.services import alert_triggers, outbox
@@ -75,10 +75,73 @@ def record_event(
     return event, new_id is not None
 
 
-def find_platform_meeting(
-    session: Session, *, meeting_id: int | None, conference_id: str | None
-) -> Meeting | None:
-    """Return the meeting a platform event names, or None when we know no such meeting.
+@dataclass(frozen=True)
+class Ingested:
+    """A platform event as the receiver recorded it: its ids, its meeting, whether it is new."""
+
+    id: int
+    public_id: str
+    meeting_id: int | None
+    created: bool
+
+
+def ingest_platform_event(
+    session: Session,
+    *,
+    source_event_id: str,
+    type: str,
+    occurred_at: dt.datetime,
+    payload: dict[str, Any],
+    meeting_id: int | None,
+    conference_id: str | None,
+) -> Ingested:
+    """Record a platform event for the meeting it names, once per id; note its wake-up.
+
+    The meeting (and its owner, whom the event then belongs to) is looked up inside the
+    INSERT itself: with the commit, one round trip per new event, on the receiver's hot path.
+    """
+    meeting = _platform_meeting_ids(meeting_id=meeting_id, conference_id=conference_id)
+    owner: sa.ColumnElement[Any] = sa.null()
+    found: sa.ColumnElement[Any] = sa.null()
+    if meeting is not None:
+        found = meeting.scalar_subquery()
+        owner = sa.select(Meeting.user_id).where(Meeting.id == found).scalar_subquery()
+    values = {
+        "public_id": new_public_id("evt"),
+        "source": "platform",
+        "source_event_id": source_event_id,
+        "type": type,
+        "occurred_at": occurred_at,
+        "received_at": utcnow(),
+        "payload": payload,
+        "meeting_id": found,
+        "user_id": owner,
+        "enqueue_count": 0,
+    }
+    columns = [Event.id, Event.public_id, Event.meeting_id]
+    row = insert_unless_present_returning(
+        session, Event, values, unique=["source", "source_event_id"], returning=columns
+    )
+    if row is not None:
+        wakeups.note(session, task_names.PROCESS_EVENT, event_id=row.id)
+        return Ingested(id=row.id, public_id=row.public_id, meeting_id=row.meeting_id, created=True)
+    existing = session.execute(
+        sa.select(*columns).where(
+            Event.source == "platform", Event.source_event_id == source_event_id
+        )
+    ).one()
+    return Ingested(
+        id=existing.id,
+        public_id=existing.public_id,
+        meeting_id=existing.meeting_id,
+        created=False,
+    )
+
+
+def _platform_meeting_ids(
+    *, meeting_id: int | None, conference_id: str | None
+) -> sa.Select[int] | None:
+    """Select the id of the meeting a platform event names; None when no id could match.
 
     A conference id names the meeting holding it that has not ended, else the latest that held
     it (conference ids are reused once a meeting ends). A deleted meeting is no meeting.
@@ -88,9 +151,9 @@ def find_platform_meeting(
         # Larger ids fit no meetings.id column (INTEGER on PostgreSQL): no such meeting.
         if meeting_id > MAX_ROW_ID:
             return None
-        return session.scalar(sa.select(Meeting).where(Meeting.id == meeting_id, live))
-    return session.scalar(
-        sa.select(Meeting)
+        return sa.select(Meeting.id).where(Meeting.id == meeting_id, live)
+    return (
+        sa.select(Meeting.id)
         .where(Meeting.conference_id == conference_id, live)
         .order_by((Meeting.status == "ended").asc(), Meeting.id.desc())
         .limit(1)
@@ -196,6 +259,22 @@ def apply_event(session: Session, event_id: int, *, now: dt.datetime | None = No
     if meeting.status == "ended" and end_was != end_is:
         alert_triggers.meeting_ended(session, meeting, now)
     return Applied(outcome=event.outcome, delivery_ids=delivery_ids)
+
+
+def apply_batch(session: Session, event_ids: Sequence[int]) -> list[Applied]:
+    """Apply recorded events in one transaction; skip those applied or held by another worker.
+
+    Each event is locked up front without waiting (SKIP LOCKED: a worker holding one is
+    applying it), then applied in meeting order, so two batches take their meetings' locks in
+    the same order and never deadlock. SQLite's write lock serializes batches instead.
+    """
+    claimable = session.scalars(
+        sa.select(Event.id)
+        .where(Event.id.in_(event_ids), Event.processed_at.is_(None))
+        .order_by(Event.meeting_id, Event.id)
+        .with_for_update(skip_locked=True)
+    ).all()
+    return [apply_event(session, event_id) for event_id in claimable]
 
 
 @dataclass(frozen=True)

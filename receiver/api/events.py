@@ -139,19 +139,15 @@ def ingest() -> Response:
     event = _parse(webhook_id)
     session = get_session()
     try:
-        meeting = events.find_platform_meeting(
-            session, meeting_id=event.data.meetingId, conference_id=event.data.conferenceId
-        )
         # The platform's events name no user: the event belongs to the meeting's owner.
-        record, created = events.record_event(
+        recorded = events.ingest_platform_event(
             session,
-            source="platform",
             source_event_id=webhook_id,
             type=event.type,
             occurred_at=event.timestamp,
             payload=event.model_dump(mode="json", exclude_none=True),
-            meeting_id=meeting.id if meeting else None,
-            user_id=meeting.user_id if meeting else None,
+            meeting_id=event.data.meetingId,
+            conference_id=event.data.conferenceId,
         )
         # Publishes its process_event wake-up: after the commit, so the worker finds the row.
         # A lost message waits for the sweep.
@@ -167,10 +163,10 @@ def ingest() -> Response:
             "the event could not be recorded; retry later",
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
         )
-    INGESTED.labels(result="accepted" if created else "duplicate", type=event.type).inc()
-    if created and record.meeting_id is None:
+    INGESTED.labels(result="accepted" if recorded.created else "duplicate", type=event.type).inc()
+    if recorded.created and recorded.meeting_id is None:
         UNKNOWN_MEETING.labels(type=event.type).inc()
     # A duplicate gets the body the first delivery got, with 200 instead of 202.
-    response = jsonify(id=record.public_id, status="accepted")
-    response.status_code = 202 if created else 200
+    response = jsonify(id=recorded.public_id, status="accepted")
+    response.status_code = 202 if recorded.created else 200
     return response

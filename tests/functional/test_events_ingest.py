@@ -426,7 +426,7 @@ class TestEdges:
         def unavailable(*_args: object, **_kwargs: object) -> None:
             raise sa.exc.OperationalError("INSERT", {}, Exception("server closed the connection"))
 
-        monkeypatch.setattr(events_service, "record_event", unavailable)
+        monkeypatch.setattr(events_service, "ingest_platform_event", unavailable)
         body = event_body(1)
         response = post(client, body, signed(body))
         assert response.status_code == 503
@@ -496,7 +496,7 @@ class TestEdges:
         def exhausted(*_args: object, **_kwargs: object) -> None:
             raise sa.exc.TimeoutError("QueuePool limit of size 5 overflow 10 reached")
 
-        monkeypatch.setattr(events_service, "find_platform_meeting", exhausted)
+        monkeypatch.setattr(events_service, "ingest_platform_event", exhausted)
         body = event_body(1)
         response = post(client, body, signed(body))
         assert response.status_code == 503
@@ -519,7 +519,7 @@ class TestEdges:
             def unavailable(*_args: object, **_kwargs: object) -> None:
                 raise sa.exc.OperationalError("SELECT", {}, Exception("connection refused"))
 
-            patch.setattr(events_service, "find_platform_meeting", unavailable)
+            patch.setattr(events_service, "ingest_platform_event", unavailable)
             assert post(client, body, headers).status_code == 503
         assert post(client, body, headers).status_code == 202  # the platform's retry
         assert post(client, body, headers).status_code == 200

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -16,6 +19,7 @@ from core.models import Event
 from core.services import events
 from receiver import create_app
 from receiver.db import get_session
+from receiver.tasks import CeleryEnqueuer
 from tests.conftest import Enqueued
 from workers.celery_app import DELIVERIES_QUEUE, EVENTS_QUEUE, DbTask, make_celery
 
@@ -176,3 +180,136 @@ class TestSavepoints:
                 "noted-in-savepoint",
             ]  # rolling a savepoint back keeps what the transaction noted
         assert published == ["noted-before", "noted-in-savepoint"]
+
+
+Sent = list[tuple[str, dict[str, Any]]]
+
+
+@dataclass
+class HeldSender:
+    """A CeleryEnqueuer whose first publish hangs until released, as a slow broker's would."""
+
+    enqueuer: CeleryEnqueuer
+    sent: Sent
+    first_send_started: threading.Event
+    release: threading.Event
+
+    def event_ids(self) -> list[int]:
+        singles = [kw["event_id"] for name, kw in self.sent if name == task_names.PROCESS_EVENT]
+        batched = [i for _, kw in self.sent for i in kw.get("event_ids", [])]
+        return sorted(singles + batched)
+
+
+class TestReceiverSender:
+    """The receiver's CeleryEnqueuer publishes from a thread of its own, folding event wake-ups."""
+
+    @pytest.fixture
+    def held(self, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[HeldSender]:
+        held = HeldSender(CeleryEnqueuer(settings), [], threading.Event(), threading.Event())
+
+        def send_task(name: str, kwargs: dict[str, Any], **_options: Any) -> None:
+            if not held.first_send_started.is_set():
+                held.first_send_started.set()
+                assert held.release.wait(10)
+            held.sent.append((name, kwargs))
+
+        monkeypatch.setattr(held.enqueuer.celery, "send_task", send_task)
+        yield held
+        held.release.set()
+        held.enqueuer.close()
+
+    def test_the_request_does_not_wait_for_the_broker(self, held: HeldSender) -> None:
+        held.enqueuer(task_names.PROCESS_EVENT, {"event_id": 1})
+        assert held.first_send_started.wait(10)
+        assert held.sent == []  # the publish hangs, the caller has returned
+
+    def test_wake_ups_that_wait_together_go_as_one_batch(self, held: HeldSender) -> None:
+        held.enqueuer(task_names.PROCESS_EVENT, {"event_id": 1})
+        assert held.first_send_started.wait(10)
+        # While the first publish hangs, more requests commit their events.
+        for event_id in (2, 3, 4):
+            held.enqueuer(task_names.PROCESS_EVENT, {"event_id": event_id})
+        held.enqueuer(task_names.DELIVER, {"delivery_id": 9})
+        held.release.set()
+        held.enqueuer.flush()
+        assert held.sent == [
+            (task_names.PROCESS_EVENT, {"event_id": 1}),
+            (task_names.PROCESS_EVENTS, {"event_ids": [2, 3, 4]}),
+            (task_names.DELIVER, {"delivery_id": 9}),
+        ]
+
+    def test_a_batch_names_at_most_event_batch_events(self, held: HeldSender) -> None:
+        held.enqueuer(task_names.DELIVER, {"delivery_id": 1})
+        assert held.first_send_started.wait(10)
+        for event_id in range(250):
+            held.enqueuer(task_names.PROCESS_EVENT, {"event_id": event_id})
+        held.release.set()
+        held.enqueuer.flush()
+        sizes = [len(kwargs["event_ids"]) for _, kwargs in held.sent[1:]]
+        assert sizes == [wakeups.BATCH_LIMIT, wakeups.BATCH_LIMIT, 50]
+        assert held.event_ids() == list(range(250))
+
+    def test_close_sends_what_is_waiting(self, held: HeldSender) -> None:
+        held.release.set()
+        for event_id in range(5):
+            held.enqueuer(task_names.PROCESS_EVENT, {"event_id": event_id})
+        held.enqueuer.close()
+        assert held.event_ids() == list(range(5))
+
+    def test_a_broker_failure_is_logged_and_the_sender_goes_on(
+        self,
+        settings: Settings,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        sender = CeleryEnqueuer(settings)
+        sent: list[str] = []
+
+        def send_task(name: str, kwargs: dict[str, Any], **_options: Any) -> None:
+            if name == task_names.DELIVER:
+                raise ConnectionError("broker down")
+            sent.append(name)
+
+        monkeypatch.setattr(sender.celery, "send_task", send_task)
+        sender(task_names.DELIVER, {"delivery_id": 1})
+        sender.flush()
+        sender(task_names.PROCESS_EVENT, {"event_id": 2})
+        sender.close()
+        assert "receiver.enqueue.failed task=workers.deliveries.deliver" in caplog.text
+        assert sent == [task_names.PROCESS_EVENT]
+
+
+class TestFold:
+    def test_a_lone_wake_up_keeps_its_own_task(self) -> None:
+        assert wakeups.fold([(task_names.PROCESS_EVENT, {"event_id": 1})]) == [
+            (task_names.PROCESS_EVENT, {"event_id": 1})
+        ]
+
+    def test_several_fold_into_batches_in_order_and_others_pass_through(self) -> None:
+        wake_ups = [
+            (task_names.PROCESS_EVENT, {"event_id": 1}),
+            (task_names.DELIVER, {"delivery_id": 7}),
+            (task_names.PROCESS_EVENT, {"event_id": 2}),
+            # Arguments the batch cannot carry: sent as it is.
+            (task_names.PROCESS_EVENT, {"event_id": 3, "trace_id": "t"}),
+        ]
+        assert wakeups.fold(wake_ups) == [
+            (task_names.PROCESS_EVENTS, {"event_ids": [1, 2]}),
+            (task_names.DELIVER, {"delivery_id": 7}),
+            (task_names.PROCESS_EVENT, {"event_id": 3, "trace_id": "t"}),
+        ]
+
+    def test_a_transaction_that_noted_several_events_sends_one_batch(
+        self, app: Flask, enqueued: Enqueued
+    ) -> None:
+        with app.app_context():
+            session = get_session()
+            ids = []
+            for n in range(3):
+                event, _ = events.record_event(
+                    session, source="platform", source_event_id=f"wh-{n}", type="meeting.start",
+                    occurred_at=utcnow(), payload={}, meeting_id=None, user_id=None,
+                )  # fmt: skip
+                ids.append(event.id)
+            session.commit()
+        assert enqueued.calls == [(task_names.PROCESS_EVENTS, {"event_ids": ids})]

@@ -1,4 +1,4 @@
-"""Event processing tasks: apply one event, and the sweep that recovers lost wake-ups."""
+"""Event processing tasks: apply one event or a batch, and the sweep that recovers lost wake-ups."""
 
 from __future__ import annotations
 
@@ -54,6 +54,51 @@ def process_event(self: DbTask, event_id: int, **_compat: object) -> str:
     if applied.outcome != "applied" and not applied.repeated:
         log.info("workers.event.not_applied event=%s outcome=%s", event_id, applied.outcome)
     return applied.outcome
+
+
+@shared_task(  # type: ignore[untyped-decorator]  # celery ships no annotations
+    name=task_names.PROCESS_EVENTS,
+    base=DbTask,
+    bind=True,
+    acks_late=True,
+    ignore_result=True,
+    autoretry_for=TRANSIENT_DB_ERRORS,
+    retry_backoff=True,
+    retry_backoff_max=10,
+    retry_jitter=True,
+    max_retries=5,
+    soft_time_limit=60,
+    time_limit=90,
+)
+def process_events(self: DbTask, event_ids: list[int], **_compat: object) -> int:
+    """Apply a batch of recorded events in one transaction; safe to run twice.
+
+    The receiver folds the wake-ups of concurrent requests into one such message. An event
+    that cannot be applied must not hold back the rest: on any error but a transient one the
+    batch is applied again one event per transaction, and what still fails waits for the
+    sweep (which re-sends each event on its own).
+    """
+    try:
+        with self.session_scope() as session:
+            results = events.apply_batch(session, event_ids)
+    except TRANSIENT_DB_ERRORS:
+        raise
+    except Exception:
+        log.exception("workers.event.batch_failed events=%d", len(event_ids))
+        results = []
+        for event_id in event_ids:
+            try:
+                with self.session_scope() as session:
+                    results.append(events.apply_event(session, event_id))
+            except Exception:
+                log.exception("workers.event.failed event=%s", event_id)
+    for applied in results:
+        PROCESSED.labels(outcome="already-processed" if applied.repeated else applied.outcome).inc()
+    skipped = len(event_ids) - len(results)
+    if skipped:
+        # Applied before, or being applied by another worker right now.
+        PROCESSED.labels(outcome="already-processed").inc(skipped)
+    return len(results)
 
 
 @shared_task(  # type: ignore[untyped-decorator]  # celery ships no annotations

@@ -3,6 +3,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
+import threading
 from typing import Any
 
 import pytest
@@ -82,19 +83,54 @@ class TestRecordEvent:
         assert count(session_factory, Event) == 2
 
 
-class TestFindPlatformMeeting:
+_ingested = itertools.count()
+
+
+def ingested_for(
+    session_factory: sessionmaker[Session], *, meeting_id: int | None, conference_id: str | None
+) -> tuple[int | None, int | None]:
+    """Ingest a platform event naming a meeting; return the meeting and owner it was filed under."""
+    with session_factory.begin() as session:
+        recorded = events.ingest_platform_event(
+            session, source_event_id=f"msg_{next(_ingested)}", type=END, occurred_at=at(1),
+            payload={}, meeting_id=meeting_id, conference_id=conference_id,
+        )  # fmt: skip
+    with session_factory() as session:
+        event = session.get_one(Event, recorded.id)
+        assert (event.public_id, event.meeting_id) == (recorded.public_id, recorded.meeting_id)
+        return event.meeting_id, event.user_id
+
+
+class TestIngestPlatformEvent:
     def test_by_id_and_unknown_ids(
+        self, session_factory: sessionmaker[Session], meeting_id: int, account: Account
+    ) -> None:
+        found = ingested_for(session_factory, meeting_id=meeting_id, conference_id=None)
+        assert found == (meeting_id, account.id)
+        for unknown in (meeting_id + 1000, 2**31, 2**70):
+            assert ingested_for(session_factory, meeting_id=unknown, conference_id=None) == (
+                None,
+                None,
+            )
+
+    def test_a_replay_returns_the_first_copy(
         self, session_factory: sessionmaker[Session], meeting_id: int
     ) -> None:
-        with session_factory() as session:
-            found = events.find_platform_meeting(session, meeting_id=meeting_id, conference_id=None)
-            assert found is not None
-            assert found.id == meeting_id
-            for unknown in (meeting_id + 1000, 2**31, 2**70):
-                assert (
-                    events.find_platform_meeting(session, meeting_id=unknown, conference_id=None)
-                    is None
-                )
+        def ingest(minute: int) -> events.Ingested:
+            return events.ingest_platform_event(
+                session, source_event_id="same", type=END, occurred_at=at(minute),
+                payload={}, meeting_id=meeting_id, conference_id=None,
+            )  # fmt: skip
+
+        with session_factory.begin() as session:
+            first, again = ingest(3), ingest(4)
+        assert (first.created, again.created) == (True, False)
+        assert (again.id, again.public_id, again.meeting_id) == (
+            first.id,
+            first.public_id,
+            meeting_id,
+        )
+        assert count(session_factory, Event) == 1
 
     def test_a_deleted_meeting_is_no_meeting(
         self, session_factory: sessionmaker[Session], meeting_id: int
@@ -104,15 +140,14 @@ class TestFindPlatformMeeting:
             assert meeting is not None
             meeting.deleted_at = at(0)
             conference_id = meeting.conference_id
-        with session_factory() as session:
-            assert (
-                events.find_platform_meeting(session, meeting_id=meeting_id, conference_id=None)
-                is None
-            )
-            assert (
-                events.find_platform_meeting(session, meeting_id=None, conference_id=conference_id)
-                is None
-            )
+        assert ingested_for(session_factory, meeting_id=meeting_id, conference_id=None) == (
+            None,
+            None,
+        )
+        assert ingested_for(session_factory, meeting_id=None, conference_id=conference_id) == (
+            None,
+            None,
+        )
 
     def test_conference_id_names_the_live_meeting_else_the_latest(
         self, session_factory: sessionmaker[Session], account: Account
@@ -125,20 +160,12 @@ class TestFindPlatformMeeting:
                     .where(Meeting.id == mid)
                     .values(conference_id="123456789", status=status)
                 )
-        with session_factory() as session:
-            found = events.find_platform_meeting(
-                session, meeting_id=None, conference_id="123456789"
-            )
-            assert found is not None
-            assert found.id == live
+        found = ingested_for(session_factory, meeting_id=None, conference_id="123456789")
+        assert found == (live, account.id)
         with session_factory.begin() as session:
             session.execute(sa.update(Meeting).where(Meeting.id == live).values(status="ended"))
-        with session_factory() as session:
-            found = events.find_platform_meeting(
-                session, meeting_id=None, conference_id="123456789"
-            )
-            assert found is not None
-            assert found.id == live  # all ended: the latest that held it
+        found = ingested_for(session_factory, meeting_id=None, conference_id="123456789")
+        assert found == (live, account.id)  # all ended: the latest that held it
 
 
 class TestApplyEvent:
@@ -326,6 +353,49 @@ class TestApplyEvent:
         end = deliver_event(session_factory, meeting_id, END, at(30))
         assert end.outcome == "applied"
         assert state(session_factory, meeting_id) == ("ended", None, at(30), None)
+
+
+class TestApplyBatch:
+    def test_concurrent_batches_over_the_same_meetings_apply_each_event_once(
+        self, session_factory: sessionmaker[Session], account: Account
+    ) -> None:
+        meetings = [
+            new_meeting(session_factory, account.id, n, hooks=(START, END)) for n in range(6)
+        ]
+        starts = [record(session_factory, m, START, at(0)) for m in meetings]
+        ends = [record(session_factory, m, END, at(30)) for m in meetings]
+        # Both batches name every meeting, in opposite orders: applied in the order they came
+        # in, one would lock meetings upwards and the other downwards until they deadlocked.
+        batches = [starts, list(reversed(ends))]
+        barrier = threading.Barrier(len(batches))
+        applied: list[list[events.Applied]] = []
+        errors: list[BaseException] = []
+
+        def run(batch: list[int]) -> None:
+            try:
+                with session_factory.begin() as session:
+                    barrier.wait(10)
+                    applied.append(events.apply_batch(session, batch))
+            except BaseException as exc:  # noqa: BLE001  (reported by the assertion below)
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run, args=(batch,)) for batch in batches]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert errors == []
+        assert sum(len(results) for results in applied) == len(starts) + len(ends)
+        for m in meetings:
+            assert state(session_factory, m) == ("ended", at(0), at(30), 1800)
+        # A start and an end callback per meeting, and a corrected end where the end was
+        # applied before its start (the other batch held the start).
+        with session_factory() as session:
+            per_meeting = session.execute(
+                sa.select(Delivery.meeting_id, sa.func.count()).group_by(Delivery.meeting_id)
+            ).all()
+        assert sorted(m for m, _ in per_meeting) == meetings
+        assert all(n in (2, 3) for _, n in per_meeting)
 
 
 class TestEmitInternal:

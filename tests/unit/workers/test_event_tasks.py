@@ -10,6 +10,7 @@ from celery.exceptions import Retry
 from prometheus_client import REGISTRY
 from sqlalchemy.orm import Session, sessionmaker
 
+from core import task_names
 from core.config import Settings
 from core.models import Delivery, Event, Meeting, Webhook
 from core.security import new_public_id
@@ -17,7 +18,7 @@ from core.services import backoff, events, inbox
 from tests.conftest import Account
 from workers.celery_app import DELIVERIES_QUEUE, EVENTS_QUEUE, DbTask, make_celery
 from workers.tasks import events as event_tasks
-from workers.tasks.events import process_event, sweep_inbox
+from workers.tasks.events import process_event, process_events, sweep_inbox
 
 Sent = list[tuple[str, dict[str, Any], dict[str, Any]]]
 
@@ -36,7 +37,7 @@ def celery_app(
     # The tasks run in-process against the test database (no task_always_eager).
     monkeypatch.setattr(DbTask, "_session_factory", session_factory)
     # Keep the tasks bound to this app, so that self.app.send_task is the recorder above.
-    for task in (process_event, sweep_inbox):
+    for task in (process_event, process_events, sweep_inbox):
         monkeypatch.setattr(task, "_app", app, raising=False)
     return app, sent
 
@@ -89,6 +90,17 @@ def record(
         event.enqueue_count = resent
         if last_resent_age is not None:
             event.last_enqueued_at = now - dt.timedelta(seconds=last_resent_age)
+        return event.id
+
+
+def record_typed(
+    session_factory: sessionmaker[Session], meeting_id: int, type_: str, at: dt.datetime
+) -> int:
+    with session_factory.begin() as session:
+        event, _ = events.record_event(
+            session, source="platform", source_event_id=new_public_id("msg"), type=type_,
+            occurred_at=at, payload={}, meeting_id=meeting_id, user_id=None,
+        )  # fmt: skip
         return event.id
 
 
@@ -245,6 +257,83 @@ class TestProcessEvent:
         event_id = record(session_factory, meeting_with_hook)
         assert process_event(event_id=event_id) == "applied"
         assert unprocessed(session_factory) == 0
+
+
+class TestProcessEvents:
+    def test_registered_name_and_route(self, settings: Settings) -> None:
+        app = make_celery(settings)
+        assert app.amqp.router.route({}, task_names.PROCESS_EVENTS)["queue"].name == EVENTS_QUEUE
+        assert process_events.acks_late is True
+        assert process_events.time_limit
+
+    def test_a_batch_applies_each_event_once_and_wakes_the_deliveries(
+        self,
+        celery_app: tuple[Celery, Sent],
+        session_factory: sessionmaker[Session],
+        meeting_with_hook: int,
+    ) -> None:
+        _, sent = celery_app
+        now = dt.datetime.now(dt.UTC)
+        start = record(session_factory, meeting_with_hook)
+        end = record_typed(session_factory, meeting_with_hook, "meeting.end", now)
+        unknown = record(session_factory, None)
+        done = record(session_factory, meeting_with_hook)
+        process_event(event_id=done)  # already applied: the batch leaves it alone
+        sent.clear()
+
+        assert process_events(event_ids=[end, unknown, done, start, 424242]) == 3
+        assert process_events(event_ids=[end, start]) == 0  # a repeated message does nothing
+        assert unprocessed(session_factory) == 0
+        with session_factory() as session:
+            meeting = session.get_one(Meeting, meeting_with_hook)
+            assert meeting.status == "ended"
+            outcomes = {
+                row.id: row.outcome for row in session.execute(sa.select(Event.id, Event.outcome))
+            }
+        assert outcomes[unknown] == "unknown-meeting"
+        assert [name for name, _, _ in sent] == [task_names.DELIVER]  # the start's callback
+
+    def test_an_event_that_fails_does_not_hold_back_the_others(
+        self,
+        celery_app: tuple[Celery, Sent],
+        session_factory: sessionmaker[Session],
+        meeting_with_hook: int,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        poisoned = record(session_factory, None)
+        healthy = [record(session_factory, None) for _ in range(3)]
+        apply_event = events.apply_event
+
+        def fails_on_one(session: Session, event_id: int) -> events.Applied:
+            if event_id == poisoned:
+                raise KeyError("bug")
+            return apply_event(session, event_id)
+
+        monkeypatch.setattr(events, "apply_event", fails_on_one)
+        assert process_events(event_ids=[poisoned, *healthy]) == 3
+        assert unprocessed(session_factory) == 1  # the sweep re-sends it on its own
+        assert f"workers.event.failed event={poisoned}" in caplog.text
+
+    def test_a_transient_database_error_retries_the_batch(
+        self,
+        celery_app: tuple[Celery, Sent],
+        session_factory: sessionmaker[Session],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        ids = [record(session_factory, None) for _ in range(2)]
+
+        def down(*_args: object, **_kwargs: object) -> None:
+            raise sa.exc.OperationalError("SELECT", {}, Exception("server closed the connection"))
+
+        def retry(**kwargs: Any) -> Retry:
+            raise Retry("retry", kwargs.get("exc"))
+
+        monkeypatch.setattr(events, "apply_batch", down)
+        monkeypatch.setattr(process_events, "retry", retry)
+        with pytest.raises(Retry):
+            process_events(event_ids=ids)
+        assert unprocessed(session_factory) == 2
 
 
 class TestSweepInbox:
