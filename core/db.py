@@ -101,6 +101,9 @@ def make_engine(url: str, *, sqlite_immediate: bool = True, **kwargs: Any) -> En
     `sqlite_immediate=False` leaves SQLite transactions deferred: for read-only observers
     (tests, benchmarks) that must not hold the write lock while they look.
     """
+    # A failed statement's parameters would reach the logs inside its exception's text, and
+    # some are secrets (a signing secret being rotated): show the SQL, never the values.
+    kwargs.setdefault("hide_parameters", True)
     if is_sqlite(url):
         engine = sa.create_engine(
             url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs
