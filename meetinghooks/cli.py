@@ -121,6 +121,8 @@ def _gunicorn_argv(settings: Settings) -> list[str]:
         "--workers", os.environ.get("WEB_CONCURRENCY", "2"),
         "--threads", os.environ.get("WEB_THREADS", "4"),
         "--access-logfile", "-",
+        # Presenter links are one-time secrets in the path: the access log shows them redacted.
+        "--logger-class", "meetinghooks.access_log.RedactingLogger",
         "--forwarded-allow-ips", os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
     ]  # fmt: skip
 
