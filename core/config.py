@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
 
+from limits import parse_many
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from core.errors import ConfigError
@@ -22,6 +23,12 @@ EMBEDDED_DIR = Path("var")
 # Loopback is admitted in the embedded mode only, so that a newcomer can point callbacks at a
 # receiver on the same machine (SPEC 6). Production starts with an empty allow-list.
 EMBEDDED_ALLOWED_NETWORKS = "127.0.0.0/8,::1/128"
+# Rate limits in the `limits` string syntax (several separated by ";"); "off" switches one off.
+DEFAULT_RATE_LIMIT_API = "600/minute"
+DEFAULT_RATE_LIMIT_INGEST = "1000/second"
+RATE_LIMIT_OFF = "off"
+# The `limits` storages we configure (receiver.limits): its memory storage and plain Redis.
+RATE_LIMIT_STORAGE_SCHEMES = frozenset({"memory", "redis", "rediss", "redis+unix"})
 
 
 class Settings(BaseModel):
@@ -55,6 +62,11 @@ class Settings(BaseModel):
     delivery_concurrency: Annotated[int, Field(ge=1, le=1000)] = 32
     embedded: bool = False
     log_level: str = "INFO"
+    # Per access token on the /v1 API, and for POST /v1/events (the platform) on its own; None
+    # is off. Counters live in RATE_LIMIT_STORAGE_URL, else in a Redis broker (receiver.limits).
+    rate_limit_api: str | None = DEFAULT_RATE_LIMIT_API
+    rate_limit_ingest: str | None = DEFAULT_RATE_LIMIT_INGEST
+    rate_limit_storage_url: str | None = None
 
     @field_validator("public_base_url")
     @classmethod
@@ -67,6 +79,33 @@ class Settings(BaseModel):
         # A secret the verifier cannot use would fail every request at run time: refuse it now.
         if value is not None:
             signing_key(value)
+        return value
+
+    @field_validator("rate_limit_api", "rate_limit_ingest")
+    @classmethod
+    def _parsable_rate_limit(cls, value: str | None) -> str | None:
+        if value is None or not value.strip() or value.strip().lower() == RATE_LIMIT_OFF:
+            return None
+        try:
+            items = parse_many(value)
+        except ValueError:
+            items = []
+        if not items or any(item.amount < 1 for item in items):
+            raise ValueError(
+                f'must be "{RATE_LIMIT_OFF}" or limits of at least 1 such as "600/minute" '
+                '(several separated by ";")'
+            )
+        return value.strip()
+
+    @field_validator("rate_limit_storage_url")
+    @classmethod
+    def _known_storage(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        scheme, separator, _ = value.partition("://")
+        if not separator or scheme.lower() not in RATE_LIMIT_STORAGE_SCHEMES:
+            # The URL may hold a password: the message names the schemes, never the value.
+            raise ValueError("must be memory:// or a redis://, rediss://, redis+unix:// URL")
         return value
 
     @field_validator("retry_schedule")
@@ -117,6 +156,9 @@ class Settings(BaseModel):
             "EVENT_CONCURRENCY": "event_concurrency",
             "DELIVERY_CONCURRENCY": "delivery_concurrency",
             "LOG_LEVEL": "log_level",
+            "RATE_LIMIT_API": "rate_limit_api",
+            "RATE_LIMIT_INGEST": "rate_limit_ingest",
+            "RATE_LIMIT_STORAGE_URL": "rate_limit_storage_url",
         }
         for name, field in simple.items():
             if env.get(name):

@@ -6,11 +6,13 @@ import logging
 from typing import TYPE_CHECKING, NotRequired, TypedDict
 
 from flask import Response, g, jsonify
+from flask_limiter import RateLimitExceeded
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from core.errors import DomainError, FieldError
+from receiver import limits
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -78,6 +80,13 @@ def _handle_http_exception(exc: HTTPException) -> Response:
     return error_response(status, HTTP_CODES.get(status, "http-error"), message, headers=headers)
 
 
+def _handle_rate_limited(exc: RateLimitExceeded) -> Response:
+    refused = limits.refusal(exc)
+    return error_response(
+        429, HTTP_CODES[429], refused.message, headers={"Retry-After": str(refused.retry_after)}
+    )
+
+
 def _rollback() -> None:
     session = g.get("db_session")
     if session is not None:
@@ -109,6 +118,7 @@ def _handle_unexpected(exc: Exception) -> Response:
 def register_error_handlers(app: Flask) -> None:
     """Route every error through `error_response`."""
     app.register_error_handler(DomainError, _handle_domain_error)
+    app.register_error_handler(RateLimitExceeded, _handle_rate_limited)
     app.register_error_handler(HTTPException, _handle_http_exception)
     for exc_type in DATABASE_UNAVAILABLE:
         app.register_error_handler(exc_type, _handle_database_unavailable)
