@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 
 LOCK := requirements.lock
 
-.PHONY: run test lint install lock clean bench
+.PHONY: run test lint install lock clean bench faults
 
 # Exact versions from the lock: pip takes it as constraints (-c), so it pins what the
 # dependencies pull in and installs nothing by itself.
@@ -49,6 +49,12 @@ test: lint
 # Redis prefix of its own, next to baselines from the same run: bench/README.md.
 bench: install
 	$(BIN)/python bench/suite.py
+
+# The deployed service broken in nine ways under load, on a PostgreSQL, Redis and RabbitMQ of
+# its own (free ports, never the shared ones); fails when an event or callback is lost:
+# faults/README.md.
+faults: install
+	$(BIN)/python faults/suite.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

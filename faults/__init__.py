@@ -1,0 +1,1 @@
+"""`make faults`: the deployed service under faults and load, checked against its database."""
