@@ -248,14 +248,28 @@ def _serve_metrics(settings: Settings, env: dict[str, str]) -> None:
     print(f"worker metrics on http://{address}/metrics", file=sys.stderr, flush=True)
 
 
-def _supervise(argvs: Sequence[list[str]], env: dict[str, str], *, grace: float) -> int:
-    """Run the commands as children until one ends or we are told to stop; then stop them all.
+# A child that ran this long before it ended is started again; one that ended sooner is broken.
+RESTART_AFTER_SECONDS = 30.0
 
-    Each child runs in a session of its own: a Ctrl-C reaches only us, and each child then
-    gets exactly one SIGTERM (had the terminal's SIGINT reached them too, gunicorn could take
-    our SIGTERM, arriving during its quick shutdown, as a request for a graceful one, and a
-    Celery worker would go from warm to cold shutdown). What still runs `grace` seconds later,
-    or at a second Ctrl-C, is killed with its whole process group (pool processes included).
+
+def _supervise(
+    argvs: Sequence[list[str]],
+    env: dict[str, str],
+    *,
+    grace: float,
+    restart_after: float = RESTART_AFTER_SECONDS,
+) -> int:
+    """Run the commands as children until we are told to stop, or one fails at once.
+
+    A child that ends after running `restart_after` seconds is started again: a Celery worker
+    can die of a broker restart (kombu's restore of unacked messages on a lost Redis connection
+    raises past Celery), and the work it held waits in the database for its sweep. A child that
+    ends sooner is broken (a bad option, a broker it cannot reach at start): then all stop and
+    the status says so. Each child runs in a session of its own: a Ctrl-C reaches only us, and
+    each child then gets exactly one SIGTERM (had the terminal's SIGINT reached them too,
+    gunicorn could take our SIGTERM, arriving during its quick shutdown, as a request for a
+    graceful one, and a Celery worker would go from warm to cold shutdown). What still runs
+    `grace` seconds later, or at a second Ctrl-C, is killed with its whole process group.
     """
     signals = 0
 
@@ -266,11 +280,33 @@ def _supervise(argvs: Sequence[list[str]], env: dict[str, str], *, grace: float)
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: terminal closed
         signal.signal(signum, stop)
     children: list[subprocess.Popen[bytes]] = []
+    started: list[float] = []
+
+    def start(argv: list[str]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(argv, env=env, start_new_session=True)
+
     try:
         for argv in argvs:
-            children.append(subprocess.Popen(argv, env=env, start_new_session=True))
-        while not signals and all(child.poll() is None for child in children):
+            children.append(start(argv))
+            started.append(time.monotonic())
+        broken = False
+        while not signals and not broken:
             time.sleep(0.2)
+            for index, child in enumerate(children):
+                if signals or child.poll() is None:
+                    continue
+                ran = time.monotonic() - started[index]
+                if ran < restart_after:
+                    broken = True
+                    break
+                print(
+                    f"meetinghooks: {' '.join(argvs[index][-4:])} ended with status "
+                    f"{child.returncode} after {ran:.0f} s; starting it again",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                children[index] = start(argvs[index])
+                started[index] = time.monotonic()
     finally:
         asked = signals
         for child in children:

@@ -279,3 +279,30 @@ def test_tokens_create_refuses_an_oversized_label(
     _run_json(capsys, "users", "create", "--email", "a@example.com", "--name", "A", "--json")
     assert main(["tokens", "create", "--email", "a@example.com", "--label", "x" * 101]) == 1
     assert "label" in capsys.readouterr().err
+
+
+def test_supervise_starts_again_a_child_that_ends_after_running_a_while(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli.signal, "signal", lambda *_args: None)  # leave pytest's handlers
+    starts = tmp_path / "starts"
+    # Runs a while and dies twice (a worker killed by a broker restart), then fails at once.
+    child = (
+        "import pathlib, sys, time\n"
+        f"p = pathlib.Path({str(starts)!r})\n"
+        "n = len(p.read_text()) if p.exists() else 0\n"
+        "p.write_text('x' * (n + 1))\n"
+        "if n < 2:\n"
+        "    time.sleep(3.0)\n"
+        "sys.exit(3)\n"
+    )
+    sibling = "import time; time.sleep(60)"
+    status = cli._supervise(
+        [[sys.executable, "-c", sibling], [sys.executable, "-c", child]],
+        dict(os.environ),
+        grace=1.0,
+        restart_after=2.0,  # well above a Python start-up on a loaded machine
+    )
+    assert status == 1  # the third start ended at once: broken, everything stopped
+    assert starts.read_text() == "xxx"
+    assert capsys.readouterr().err.count("ended with status 3") == 2
