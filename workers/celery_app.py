@@ -131,6 +131,10 @@ def make_celery(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         # Keep reconnecting through a broker outage of any length; the database holds the work.
         broker_connection_max_retries=None,
+        # After a lost connection Celery cuts the prefetch count by the tasks in flight and
+        # restores it as their acks go out; acks on the dead connection never do, and
+        # `make faults` saw the deliveries pool stop taking work after a RabbitMQ restart.
+        worker_enable_prefetch_count_reduction=False,
         beat_scheduler="workers.beat:ResilientScheduler",
         broker_transport_options=transport_options,
         task_queues=(Queue(EVENTS_QUEUE), Queue(DELIVERIES_QUEUE)),
