@@ -166,14 +166,10 @@ def test_broker_restart_mid_stream_loses_nothing(
         f"{broker.name}: all {len(acknowledged)} events processed "
         f"{time.monotonic() - restarted:.1f}s after the broker came back"
     )
+    # The wake-ups of the events posted while it was down reached the broker late (the
+    # receiver's sender thread tried once it came back) or never (the inbox sweep sent them):
+    # either way each event is stored once and applied.
     assert_all_stored_once_and_started(it_engine, acknowledged)
-    if broker.down is not None:
-        # Their wake-ups never reached a broker: the inbox sweep found every one of them.
-        with it_engine.connect() as conn:
-            resent = conn.execute(
-                sa.select(Event.enqueue_count).where(Event.source_event_id.in_(while_down))
-            ).scalars()
-            assert min(resent) >= 1
 
 
 def post_until_accepted(app: Flask, meeting_id: int, *, within: float = 60) -> tuple[str, int]:
