@@ -18,15 +18,21 @@ $(STAMP): pyproject.toml $(LOCK)
 
 install: $(STAMP)
 
-# Re-resolve every dependency (dev extras included) to the newest versions pyproject.toml
-# allows, for the platform production runs on; then `make install` applies the new lock.
-lock: $(STAMP)
+# Resolve every dependency (dev extras included) for the platform production runs on, keeping
+# the locked version of each package that still fits (uv prefers the pins of its output file), then
+# `make install` applies the new lock. It needs only uv, not an install from the old lock: a new
+# dependency that conflicts with an old pin must still be able to move it.
+lock:
+	test -x $(BIN)/uv || { $(PYTHON) -m venv $(VENV) && $(BIN)/python -m pip install --quiet uv; }
+	cp $(LOCK) $(LOCK).tmp
+	$(BIN)/uv pip compile pyproject.toml --extra dev --no-header --quiet \
+	  --python-version 3.11 --python-platform x86_64-unknown-linux-gnu -o $(LOCK).tmp
 	{ echo "# Exact versions of every dependency of meetinghooks, dev extras included."; \
 	  echo "# Compiled for CPython 3.11 on x86_64 Linux by \`make lock\` (uv pip compile)."; \
 	  echo "# Use as pip constraints: pip install -c requirements.lock ."; \
-	  $(BIN)/uv pip compile pyproject.toml --extra dev --no-header --quiet \
-	    --python-version 3.11 --python-platform x86_64-unknown-linux-gnu; } > $(LOCK).tmp
-	if cmp -s $(LOCK).tmp $(LOCK); then rm $(LOCK).tmp; else mv $(LOCK).tmp $(LOCK); fi
+	  cat $(LOCK).tmp; } > $(LOCK).new
+	rm $(LOCK).tmp
+	if cmp -s $(LOCK).new $(LOCK); then rm $(LOCK).new; else mv $(LOCK).new $(LOCK); fi
 
 run: install
 	$(BIN)/meetinghooks run
