@@ -69,17 +69,6 @@ AwareDatetime = Annotated[
 ]
 
 
-def parse_datetime(value: str, field: str) -> dt.datetime:
-    """Parse an aware ISO-8601 time from a query string; raise ValidationFailed naming `field`."""
-    try:
-        result: dt.datetime = _aware_datetime(value)
-    except ValueError as exc:
-        raise ValidationFailed(
-            f"{field}: {exc}", errors=[{"field": field, "message": str(exc)}]
-        ) from None
-    return result
-
-
 def field_errors(exc: ValidationError) -> list[FieldError]:
     """Turn pydantic's errors into our `errors` list, one entry per bad field."""
     errors: list[FieldError] = []
