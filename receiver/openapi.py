@@ -58,6 +58,11 @@ RETRY_AFTER: Final = {
     "description": "Seconds to wait before retrying.",
     "schema": {"type": "integer", "minimum": 1},
 }
+CHALLENGE: Final = {
+    "description": 'RFC 6750: `Bearer realm="meetinghooks", error="invalid_token"` '
+    '(401) or `error="insufficient_scope"` (403).',
+    "schema": {"type": "string"},
+}
 FORM_TYPES: Final = ("application/x-www-form-urlencoded", "multipart/form-data")
 # A path id beyond the INTEGER columns names no row: a 404, like any other unknown id.
 PATH_ID: Final = {"type": "integer", "minimum": 1}
@@ -281,9 +286,12 @@ def _finish_body(op: dict[str, Any]) -> None:
 
 
 def _finish_responses(op: dict[str, Any]) -> None:
+    bearer = any(BEARER in requirement for requirement in op.get("security", []))
     for status, response in op["responses"].items():
         if status in {"429", "503"}:
             response["headers"] = {"Retry-After": RETRY_AFTER}
+        if bearer and status in {"401", "403"}:
+            response["headers"] = {"WWW-Authenticate": CHALLENGE}
         if int(status) in _html_statuses.get(op["operationId"], ()):
             response.setdefault("content", {})["text/html"] = {
                 "schema": {"type": "string", "description": "A page for people."}

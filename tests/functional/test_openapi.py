@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import datetime as dt
+import ipaddress
+import json
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -9,10 +12,11 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from core import ssrf
 from core.responses import ErrorOut
 from receiver import openapi
 from tests.conftest import Account
-from tests.platform_events import signed_event
+from tests.platform_events import new_msg_id, signed_event, signed_headers
 
 # Routes left out of the document on purpose: the document itself and its Swagger UI page and
 # assets, Prometheus' text format, and the HTML pages people open from links.
@@ -27,7 +31,8 @@ UNDOCUMENTED = {
 }
 IGNORED_METHODS = {"HEAD", "OPTIONS"}
 ERROR_REF = {"$ref": "#/components/schemas/ErrorOut"}
-HOOK = "https://93.184.216.34/hook"
+PUBLIC = "93.184.216.34"
+HOOK = f"https://{PUBLIC}/hook"
 
 
 @pytest.fixture
@@ -112,6 +117,47 @@ class TestDocument:
                 checked += 1
         assert checked >= 8
 
+    def test_every_request_example_is_accepted(
+        self,
+        client: FlaskClient,
+        doc: dict[str, Any],
+        account: Account,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        # The examples name real-looking hosts: a public address, without asking DNS.
+        monkeypatch.setattr(ssrf, "resolve", lambda _host, _port: [ipaddress.ip_address(PUBLIC)])
+        meeting = client.post(
+            "/v1/meetings",
+            json={
+                "meetingName": "Target",
+                "meetingStart": "2099-01-01T09:00:00Z",
+                "meetingEnd": "2099-01-01T10:00:00Z",
+            },
+            headers=account.headers,
+        ).get_json()["meetingId"]
+        accepted = 0
+        for path, method, op in operations(doc):
+            media = op.get("requestBody", {}).get("content", {}).get("application/json")
+            if media is None:
+                continue
+            name = media["schema"]["$ref"].rsplit("/", 1)[-1]
+            for example in doc["components"]["schemas"][name].get("examples", []):
+                url = path.replace("{meetingId}", str(meeting))
+                body = json.dumps(example)
+                headers = dict(account.headers)
+                if path == "/v1/events":
+                    headers = signed_headers(new_msg_id(), body, dt.datetime.now(dt.UTC))
+                response = client.open(
+                    url,
+                    method=method.upper(),
+                    data=body,
+                    content_type="application/json",
+                    headers=headers,
+                )
+                assert response.status_code < 300, (path, example, response.get_json())
+                accepted += 1
+        assert accepted >= 6
+
     def test_no_error_is_documented_in_spectrees_own_shape(self, doc: dict[str, Any]) -> None:
         for path, method, op in operations(doc):
             assert "422" not in op["responses"], (path, method)
@@ -140,6 +186,7 @@ class TestDocument:
                 assert {"400", "401", "413", "415"} <= set(responses)
                 continue
             assert {"401", "403"} <= set(responses), (path, method)
+            assert "WWW-Authenticate" in responses["401"]["headers"]
             ((scheme, scopes),) = op["security"][0].items()
             assert scheme == "bearer"
             assert scopes in (["start_meeting"], ["scheduler"], ["user_info"]), (path, method)
