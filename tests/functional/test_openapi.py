@@ -11,6 +11,7 @@ import jsonschema_rs
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from schemathesis.specs.openapi import definitions as openapi_definitions
 
 from core import ssrf
 from core.responses import ErrorOut
@@ -76,6 +77,11 @@ class TestDocument:
         assert doc["openapi"].startswith("3.1.")
         assert doc["servers"] == [{"url": "https://meet.example.test"}]
         assert doc["info"]["title"] == "meetinghooks"
+
+    def test_is_valid_against_the_openapi_3_1_schema(self, doc: dict[str, Any]) -> None:
+        # The OpenAPI Initiative's schema of 3.1 documents, as schemathesis bundles it.
+        check = openapi_definitions.OPENAPI_31_VALIDATOR
+        assert [error.message for error in check.iter_errors(doc)] == []
 
     def test_every_route_is_documented_and_every_operation_is_served(
         self, app: Flask, doc: dict[str, Any]
