@@ -96,7 +96,7 @@ def _rule_schema(schema: dict[str, Any]) -> None:
 # What `ssrf.parse_callback_url` accepts before it looks at the address: an absolute http(s)
 # URL with a host, no credentials, spaces, backslashes or control characters.
 CALLBACK_URL_PATTERN = (
-    r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s\\@/?#\x00-\x1f\x7f]+([/?#][^\s\\\x00-\x1f\x7f]*)?$"
+    r"^[Hh][Tt][Tt][Pp][Ss]?://[^\x00-\x20\x7f\\@/?#]+([/?#][^\x00-\x20\x7f\\]*)?$"
 )
 
 

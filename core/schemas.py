@@ -23,6 +23,9 @@ from pydantic import (
 from core.validation import AwareDatetime, JoinMeBool
 
 EMAIL_RE = re.compile(r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$")
+# EMAIL_RE for JSON Schema (ECMA-262), whose `\s` is not Python's: the same characters spelled out.
+_NOT_IN_EMAIL = r"[^@\x00-\x20\x7f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+EMAIL_PATTERN = rf"^{_NOT_IN_EMAIL}+@{_NOT_IN_EMAIL}+\.{_NOT_IN_EMAIL}+$"
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 MAX_EMAIL_LENGTH = 254  # RFC 5321's limit for a forward path
 
@@ -47,7 +50,7 @@ Email = Annotated[
         # The validator's own pattern, not `format: email`: it accepts more than RFC 5322 does.
         json_schema_extra={
             "maxLength": MAX_EMAIL_LENGTH,
-            "pattern": EMAIL_RE.pattern,
+            "pattern": EMAIL_PATTERN,
         }
     ),
 ]
