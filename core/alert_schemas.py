@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from core import ssrf
 from core.errors import FieldError, ValidationFailed
 from core.models import AlertType
-from core.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from core.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Cursor
 from core.responses import Response, Time
 
 if TYPE_CHECKING:
@@ -71,15 +71,62 @@ PARAMS: dict[AlertType, type[Params]] = {
 }
 
 
+def _rule_schema(schema: dict[str, Any]) -> None:
+    """Add to a rule's JSON schema the params each type takes, as `parse_rule` checks them."""
+    schema["examples"] = [
+        {
+            "type": "meeting.short",
+            "params": {"seconds": 300},
+            "callbackUrl": "https://hooks.example.com/alerts",
+        }
+    ]
+    schema["allOf"] = [
+        {
+            "if": {"properties": {"type": {"const": rule_type.value}}, "required": ["type"]},
+            "then": {
+                "properties": {"params": model.model_json_schema()},
+                # Absent params are `{}`: fine for a type that takes none.
+                **({"required": ["params"]} if model.model_fields else {}),
+            },
+        }
+        for rule_type, model in PARAMS.items()
+    ]
+
+
+# What `ssrf.parse_callback_url` accepts before it looks at the address: an absolute http(s)
+# URL with a host, no credentials, spaces, backslashes or control characters.
+CALLBACK_URL_PATTERN = (
+    r"^[Hh][Tt][Tt][Pp][Ss]?://[^\x00-\x20\x7f\\@/?#]+([/?#][^\x00-\x20\x7f\\]*)?$"
+)
+
+
 class AlertRuleIn(BaseModel):
     """POST /v1/alerts/rules; unknown top-level fields are ignored (SPEC 3), unknown params not."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(
+        extra="ignore",
+        frozen=True,
+        json_schema_extra=lambda schema, _model: _rule_schema(schema),
+    )
 
     type: AlertType
     # Absent params mean `{}`: right for the types that take none, a 400 for the others.
-    params: dict[str, Any] = {}
-    callbackUrl: Annotated[str, Field(min_length=1, max_length=ssrf.MAX_URL_LENGTH)]
+    params: dict[str, Any] = Field(
+        default={}, description="The rule type's parameters; a type that takes none takes `{}`."
+    )
+    callbackUrl: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=ssrf.MAX_URL_LENGTH,
+            description=(
+                "http or https; refused (400) when it names or resolves to a private or "
+                "reserved address outside CALLBACK_ALLOWED_NETWORKS."
+            ),
+            # Not `format: uri`: the guard reads more than RFC 3986 allows (non-ASCII paths).
+            json_schema_extra={"pattern": CALLBACK_URL_PATTERN},
+        ),
+    ]
 
 
 _TYPE_ONLY = TypeAdapter(AlertType)
@@ -247,4 +294,4 @@ class AlertQuery(BaseModel):
 
     limit: int = Field(default=DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
     # Checked by the service, so that every bad cursor is the same 400 `invalid-cursor`.
-    cursor: str | None = None
+    cursor: Cursor = None

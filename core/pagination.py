@@ -6,7 +6,9 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Generic, TypeVar
+
+from pydantic import WithJsonSchema
 
 from core.errors import ValidationFailed
 
@@ -19,6 +21,19 @@ T = TypeVar("T")
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
 MAX_CURSOR_LENGTH = 200
+# A query's `cursor`: any string passes validation, and the service turns every cursor it did
+# not make into the same 400 `invalid-cursor`; the document says what ours look like.
+Cursor = Annotated[
+    str | None,
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": "^[A-Za-z0-9_-]*$",
+            "maxLength": MAX_CURSOR_LENGTH,
+            "description": "`nextCursor` of the previous page, as it was returned.",
+        }
+    ),
+]
 # Ids are 32-bit INTEGER columns: a larger id names no row, and PostgreSQL refuses to compare.
 MAX_ROW_ID = 2**31 - 1
 

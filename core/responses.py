@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, RootModel
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, PlainSerializer, RootModel
 
 from core.services.delivery_log import LoggedDelivery
 from core.services.meetings import (
@@ -30,6 +30,13 @@ Time = Annotated[
     PlainSerializer(isoformat, return_type=str | None),
     Field(json_schema_extra={"format": "date-time"}),
 ]
+# A time that is always there (a row's creation, an attempt's start).
+Instant = Annotated[
+    dt.datetime,
+    PlainSerializer(isoformat, return_type=str),
+    Field(json_schema_extra={"format": "date-time"}),
+]
+DELIVERY_STATUSES: list[JsonValue] = ["pending", "succeeded", "failed"]
 
 
 class Response(BaseModel):
@@ -45,7 +52,7 @@ class Response(BaseModel):
 class AttemptOut(Response):
     """One HTTP attempt of a delivery."""
 
-    at: Time = Field(description="When the attempt started.")
+    at: Instant = Field(description="When the attempt started.")
     statusCode: int | None = Field(description="The receiver's HTTP status; null if none came.")
     latencyMs: int | None = Field(description="Milliseconds until the status line arrived.")
     error: str | None = Field(
@@ -69,8 +76,8 @@ class DeliveryOut(Response):
     eventType: str = Field(description="`meeting.start`, `meeting.end` or `alert.<rule type>`.")
     meetingId: int | None
     callbackUrl: str
-    status: str = Field(description="`pending`, `succeeded` or `failed`.")
-    createdAt: Time
+    status: str = Field(json_schema_extra={"enum": DELIVERY_STATUSES})
+    createdAt: Instant
     nextAttemptAt: Time = Field(description="When the next attempt is due; null once done.")
     completedAt: Time
     attempts: list[AttemptOut]
@@ -210,7 +217,7 @@ class MeetingOut(Response):
     startWithPersonalUrl: bool
     conferenceId: str
     viewerLink: str
-    status: str = Field(description="`scheduled`, `started` or `ended`.")
+    status: str = Field(json_schema_extra={"enum": ["scheduled", "started", "ended"]})
     startedAt: Time = Field(description="When the meeting started; null until it has.")
     endedAt: Time = Field(description="When the meeting ended; null until it has.")
     durationSeconds: int | None = Field(
@@ -250,7 +257,7 @@ class MeetingList(RootModel[list[MeetingOut]]):
 class ConferenceSettingsOut(Response):
     """The defaults a start call uses when it names no viewer options."""
 
-    defaultViewerMode: str = Field(description="Always `default` (join.me's value).")
+    defaultViewerMode: Literal["default"] = Field(description="Always `default` (join.me's value).")
     viewerAppDetection: bool
     conferenceCallNumbersUrl: str = Field(description="The page listing the dial-in numbers.")
 
@@ -261,7 +268,7 @@ class UserOut(Response):
     email: str
     fullName: str
     personalUrl: str | None = Field(description="The personal viewer link; null without one.")
-    registrationDate: Time
+    registrationDate: Instant
     numberOfMeetingsHosted: int = Field(description="Meetings that have started (or ended).")
     conferenceSettings: ConferenceSettingsOut
 
@@ -280,3 +287,88 @@ class UserOut(Response):
                 conferenceCallNumbersUrl=f"{base_url}/audio/numbers",
             ),
         )
+
+
+# --- the other bodies of the API ---------------------------------------------------------------
+
+
+class FieldErrorOut(Response):
+    """One invalid field of a request."""
+
+    field: str = Field(description="The field's wire name, dotted when nested (`data.meetingId`).")
+    message: str
+
+
+class ErrorOut(Response):
+    """Every error the API answers (SPEC 3): `receiver.errors.error_response` builds it."""
+
+    model_config = ConfigDict(
+        frozen=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "Message": (
+                        "invalid request: viewerMode: Input should be 'default' or 'headless'"
+                    ),
+                    "code": "invalid-request",
+                    "errors": [
+                        {
+                            "field": "viewerMode",
+                            "message": "Input should be 'default' or 'headless'",
+                        }
+                    ],
+                },
+                {"Message": "missing bearer token", "code": "invalid-token", "errors": []},
+            ]
+        },
+    )
+
+    Message: str = Field(description="What join.me clients read.")
+    code: str = Field(
+        description="Stable, kebab-case: what a program matches on.",
+        json_schema_extra={"pattern": "^[a-z0-9]+(-[a-z0-9]+)*$"},
+    )
+    errors: list[FieldErrorOut] = Field(description="Every invalid field at once; often empty.")
+
+
+class IngestAck(Response):
+    """POST /v1/events: the event is recorded (202), or was already (200, the same body)."""
+
+    model_config = ConfigDict(
+        frozen=True, json_schema_extra={"examples": [{"id": "evt_2x9Qm3", "status": "accepted"}]}
+    )
+
+    id: str = Field(description="The recorded event's id (`evt_...`).")
+    status: Literal["accepted"]
+
+
+class TimelineEventOut(Response):
+    """One event of a meeting, each fact once, with the callbacks it caused."""
+
+    id: str = Field(description="`evt_...`.")
+    type: str = Field(json_schema_extra={"enum": ["meeting.start", "meeting.end"]})
+    timestamp: Instant = Field(description="When it happened (event time).")
+    receivedAt: Instant
+    source: str = Field(description="Who reported it: `platform`, `presenter` or `api`.")
+    outcome: str | None = Field(description="What it did to the meeting; null until processed.")
+    deliveries: list[DeliveryOut]
+
+
+class TimelineOut(Response):
+    """GET /v1/meetings/{id}/events: the meeting's events in event-time order."""
+
+    meetingId: int
+    events: list[TimelineEventOut]
+
+
+class HealthOut(Response):
+    """GET /healthz."""
+
+    status: Literal["ok"]
+
+
+class ReadyOut(Response):
+    """GET /readyz when every dependency answers."""
+
+    status: Literal["ready"]
+    checks: dict[str, Literal["ok", "unreachable"]] = Field(description="`database` and `broker`.")

@@ -15,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -22,6 +23,9 @@ from pydantic import (
 from core.validation import AwareDatetime, JoinMeBool
 
 EMAIL_RE = re.compile(r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$")
+# EMAIL_RE for JSON Schema (ECMA-262), whose `\s` is not Python's: the same characters spelled out.
+_NOT_IN_EMAIL = r"[^@\x00-\x20\x7f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+EMAIL_PATTERN = rf"^{_NOT_IN_EMAIL}+@{_NOT_IN_EMAIL}+\.{_NOT_IN_EMAIL}+$"
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 MAX_EMAIL_LENGTH = 254  # RFC 5321's limit for a forward path
 
@@ -39,10 +43,41 @@ def _no_control_characters(value: str) -> str:
     return value
 
 
-Email = Annotated[str, AfterValidator(_email)]
-MeetingName = Annotated[
-    str, Field(min_length=1, max_length=200), AfterValidator(_no_control_characters)
+Email = Annotated[
+    str,
+    AfterValidator(_email),
+    Field(
+        # The validator's own pattern, not `format: email`: it accepts more than RFC 5322 does.
+        json_schema_extra={
+            "maxLength": MAX_EMAIL_LENGTH,
+            "pattern": EMAIL_PATTERN,
+        }
+    ),
 ]
+MeetingName = Annotated[
+    str,
+    Field(min_length=1, max_length=200, json_schema_extra={"pattern": r"^[^\x00-\x1f\x7f]*$"}),
+    AfterValidator(_no_control_characters),
+]
+# What a `webhooks` entry looks like. Entries are checked one by one after validation, so a bad
+# entry is reported in `webhooksStatus` and never fails the start (SPEC 4): any object is valid.
+WEBHOOKS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": (
+        "Callbacks to register, keyed by lifecycle event (`meeting.start`, `meeting.end`): "
+        '`{"callbackUrl": "https://...", "customCallbackData": <any JSON, at most 4 KiB>}`. '
+        "An entry that cannot be registered is reported in `webhooksStatus`; `null` is a 400."
+    ),
+    "examples": [
+        {
+            "meeting.start": {
+                "callbackUrl": "https://hooks.example.com/meetings",
+                "customCallbackData": {"ticket": 42},
+            },
+            "meeting.end": {"callbackUrl": "https://hooks.example.com/meetings"},
+        }
+    ],
+}
 
 
 class Payload(BaseModel):
@@ -58,7 +93,7 @@ class StartOptions(Payload):
     viewerAppDetection: JoinMeBool = True
     # Validated entry by entry later: a bad entry never fails the start (SPEC 4). Absent is
     # None; an explicit null is "not an object" and a 400, like any other non-object.
-    webhooks: dict[str, Any] | None = None
+    webhooks: Annotated[dict[str, Any] | None, WithJsonSchema(WEBHOOKS_SCHEMA)] = None
 
     @field_validator("webhooks", mode="before")
     @classmethod
@@ -71,11 +106,37 @@ class StartOptions(Payload):
 class AdHocStart(StartOptions):
     """POST /v1/meetings/start."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "startWithPersonalUrl": False,
+                    "viewerMode": "headless",
+                    "webhooks": WEBHOOKS_SCHEMA["examples"][0],
+                }
+            ]
+        }
+    )
+
     startWithPersonalUrl: JoinMeBool
 
 
 class ScheduledMeetingIn(Payload):
     """POST /v1/meetings: join.me's scheduled meeting fields."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "meetingName": "Weekly sync",
+                    "meetingStart": "2026-12-07T09:00:00Z",
+                    "meetingEnd": "2026-12-07T09:30:00+00:00",
+                    "participants": ["bob@example.com"],
+                    "startWithPersonalUrl": False,
+                }
+            ]
+        }
+    )
 
     meetingName: MeetingName
     meetingStart: AwareDatetime
@@ -96,6 +157,8 @@ class ScheduledMeetingIn(Payload):
 class ScheduledMeetingPatch(Payload):
     """PATCH /v1/meetings/{id}: any subset of the scheduled fields."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [{"meetingName": "Renamed sync"}]})
+
     meetingName: MeetingName | None = None
     meetingStart: AwareDatetime | None = None
     meetingEnd: AwareDatetime | None = None
@@ -114,8 +177,32 @@ CONFERENCE_ID_RE = re.compile(r"[0-9]{9}")
 class PlatformEventData(Payload):
     """`data` of a platform event: the meeting, by id or by conference id."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["meetingId"], "properties": {"meetingId": {"type": "integer"}}},
+                {
+                    "required": ["conferenceId"],
+                    "properties": {"conferenceId": {"type": ["string", "integer"]}},
+                },
+            ]
+        }
+    )
+
     meetingId: Annotated[int, Field(strict=True, ge=1)] | None = None
-    conferenceId: str | None = None
+    conferenceId: Annotated[
+        str | None,
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "string", "pattern": "^[0-9]{9}$"},
+                    {"type": "integer", "minimum": 0, "maximum": 10**9 - 1},
+                    {"type": "null"},
+                ],
+                "description": "9 digits; a JSON number gets its leading zeros back.",
+            }
+        ),
+    ] = None
 
     @field_validator("conferenceId", mode="before")
     @classmethod
@@ -140,6 +227,23 @@ class PlatformEventData(Payload):
 class PlatformEvent(Payload):
     """POST /v1/events: a lifecycle event reported by the conferencing platform."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "type": "meeting.start",
+                    "timestamp": "2026-12-07T09:00:12Z",
+                    "data": {"meetingId": 1234},
+                },
+                {
+                    "type": "meeting.end",
+                    "timestamp": "2026-12-07T09:41:03Z",
+                    "data": {"conferenceId": "012345678"},
+                },
+            ]
+        }
+    )
+
     type: Literal["meeting.start", "meeting.end"]
     timestamp: AwareDatetime
     data: PlatformEventData
@@ -153,6 +257,34 @@ class AnalyticsQuery(Payload):
 
     model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
-    from_: AwareDatetime | None = Field(default=None, alias="from")
-    to: AwareDatetime | None = None
-    interval: Literal["hour", "day"] = "day"
+    from_: AwareDatetime | None = Field(
+        default=None, alias="from", description="Start of the range; default `to` - 30 days."
+    )
+    to: AwareDatetime | None = Field(
+        default=None, description="End of the range (excluded), after `from`; default now."
+    )
+    interval: Literal["hour", "day"] = Field(
+        default="day", description="Bucket size of the timeseries; the summary ignores it."
+    )
+
+
+# --- meetings list ---------------------------------------------------------------------------
+
+# An unencoded `+01:00` offset arrives as ` 01:00` (a `+` in a query is a space).
+UNENCODED_OFFSET_RE = re.compile(r"^(.+[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?) (\d{2}:?\d{2})$")
+
+
+class MeetingListQuery(Payload):
+    """Query string of GET /v1/meetings; unknown parameters are ignored."""
+
+    endDate: AwareDatetime | None = Field(
+        default=None, description="Only meetings starting before this time."
+    )
+
+    @field_validator("endDate", mode="before")
+    @classmethod
+    def _restore_offset(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip()
+            return UNENCODED_OFFSET_RE.sub(r"\1+\2", value) if value else None
+        return value

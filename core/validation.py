@@ -5,11 +5,15 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ValidationError
+from pydantic import BaseModel, BeforeValidator, ValidationError, WithJsonSchema
 
 from core.errors import FieldError, ValidationFailed
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
+DATETIME_PATTERN = (
+    r"^(?!0000|0001-01-01|9999-12-31)[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}"
+    r"(:[0-5][0-9](\.[0-9]+)?)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+)
 
 
 def _join_me_bool(value: Any) -> Any:
@@ -43,19 +47,26 @@ def _aware_datetime(value: Any) -> Any:
         raise ValueError("is out of range") from None
 
 
-JoinMeBool = Annotated[bool, BeforeValidator(_join_me_bool)]
-AwareDatetime = Annotated[dt.datetime, BeforeValidator(_aware_datetime)]
-
-
-def parse_datetime(value: str, field: str) -> dt.datetime:
-    """Parse an aware ISO-8601 time from a query string; raise ValidationFailed naming `field`."""
-    try:
-        result: dt.datetime = _aware_datetime(value)
-    except ValueError as exc:
-        raise ValidationFailed(
-            f"{field}: {exc}", errors=[{"field": field, "message": str(exc)}]
-        ) from None
-    return result
+JoinMeBool = Annotated[
+    bool,
+    BeforeValidator(_join_me_bool),
+    # The document says what the validator accepts: real clients send the strings too.
+    WithJsonSchema({"anyOf": [{"type": "boolean"}, {"type": "string", "enum": ["true", "false"]}]}),
+]
+AwareDatetime = Annotated[
+    dt.datetime,
+    BeforeValidator(_aware_datetime),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "format": "date-time",
+            # RFC 3339 times Python cannot hold are refused too: year 0, leap seconds, and
+            # the first and last days of the calendar, where an offset leaves its range.
+            "pattern": DATETIME_PATTERN,
+            "description": "ISO-8601 with a time zone (`Z` or an offset); naive times are a 400.",
+        }
+    ),
+]
 
 
 def field_errors(exc: ValidationError) -> list[FieldError]:

@@ -1,4 +1,4 @@
-"""Operational endpoints: liveness, readiness, Prometheus metrics, the OpenAPI document."""
+"""Operational endpoints: liveness, readiness and Prometheus metrics."""
 
 from __future__ import annotations
 
@@ -16,21 +16,28 @@ from prometheus_client import (
     multiprocess,
 )
 
+from core.responses import HealthOut, ReadyOut
 from receiver import get_settings
 from receiver.db import get_session
 from receiver.errors import error_response
+from receiver.openapi import operation
 
 log = logging.getLogger(__name__)
 bp = Blueprint("ops", __name__)
 
 
 @bp.get("/healthz")
+@operation({200: (HealthOut, "The process serves requests.")})
 def healthz() -> Response:
     """Answer 200 while the process serves requests."""
-    return jsonify(status="ok")
+    return jsonify(HealthOut(status="ok").render())
 
 
 @bp.get("/readyz")
+@operation(
+    {200: (ReadyOut, "The database and the broker answer.")},
+    errors=(503,),
+)
 def readyz() -> Response:
     """Answer 200 when the database and the broker are reachable, else 503."""
     checks: dict[str, str] = {}
@@ -42,7 +49,7 @@ def readyz() -> Response:
         checks["database"] = "unreachable"
     checks["broker"] = "ok" if _broker_reachable() else "unreachable"
     if all(value == "ok" for value in checks.values()):
-        return jsonify(status="ready", checks=checks)
+        return jsonify(ReadyOut(status="ready", checks=checks).render())
     response = error_response(
         503, "not-ready", "a dependency is unreachable", headers={"Retry-After": "5"}
     )

@@ -14,6 +14,7 @@ from core.services import events, meetings
 from receiver import get_settings
 from receiver.db import get_session
 from receiver.errors import error_response
+from receiver.openapi import operation
 
 bp = Blueprint("pages", __name__)
 
@@ -61,6 +62,11 @@ def _html(template: str, status: int = 200, **context: object) -> Response:
 
 
 @bp.get("/presenter/<token>")
+@operation(
+    {200: (None, "The page with a Start meeting button; the link stays usable.")},
+    errors=(410, 503),
+    html=(200, 410),
+)
 def presenter_page(token: str) -> Response:
     """Show the presenter page; consumes nothing (link previewers fetch links)."""
     state = meetings.peek_presenter_link(get_session(), token)
@@ -78,6 +84,11 @@ def presenter_page(token: str) -> Response:
 
 
 @bp.post("/presenter/<token>")
+@operation(
+    {200: (MeetingOut, "The started meeting (a page unless JSON is asked for).")},
+    errors=(410, 503),
+    html=(200, 410),
+)
 def presenter_start(token: str) -> Response:
     """Consume the one-time link and start the meeting (emits meeting.start)."""
     session = get_session()

@@ -14,6 +14,7 @@ from core.alert_schemas import (
     AlertList,
     AlertOut,
     AlertQuery,
+    AlertRuleIn,
     AlertRuleList,
     AlertRuleOut,
     parse_rule,
@@ -21,9 +22,10 @@ from core.alert_schemas import (
 from core.services import alerts
 from core.validation import validate
 from receiver import get_settings
-from receiver.auth import current_user, require_scope
+from receiver.auth import current_user
 from receiver.bodies import read_object
 from receiver.db import get_session
+from receiver.openapi import operation
 
 bp = Blueprint("alerts", __name__, url_prefix="/v1/alerts")
 
@@ -35,7 +37,7 @@ def _json(body: dict[str, Any], status: int = 200) -> Response:
 
 
 @bp.post("/rules")
-@require_scope("start_meeting")
+@operation({201: (AlertRuleOut, "The rule.")}, scope="start_meeting", json=AlertRuleIn)
 def create_rule() -> Response:
     """Create an alert rule: 201 with the rule."""
     settings = get_settings()
@@ -57,7 +59,7 @@ def create_rule() -> Response:
 
 
 @bp.get("/rules")
-@require_scope("start_meeting")
+@operation({200: (AlertRuleList, "The live rules, oldest first.")}, scope="start_meeting")
 def list_rules() -> Response:
     """List the user's live alert rules, oldest first."""
     rules = alerts.list_rules(get_session(), current_user().id)
@@ -65,7 +67,7 @@ def list_rules() -> Response:
 
 
 @bp.get("/rules/<int:rule_id>")
-@require_scope("start_meeting")
+@operation({200: (AlertRuleOut, "The rule.")}, scope="start_meeting", errors=(404,))
 def get_rule(rule_id: int) -> Response:
     """Show one live alert rule."""
     rule = alerts.get_rule(get_session(), current_user().id, rule_id)
@@ -73,7 +75,7 @@ def get_rule(rule_id: int) -> Response:
 
 
 @bp.delete("/rules/<int:rule_id>")
-@require_scope("start_meeting")
+@operation({204: (None, "Deleted.")}, scope="start_meeting", errors=(404,))
 def delete_rule(rule_id: int) -> Response:
     """Stop a rule firing: 204. The alerts it fired stay listed."""
     session = get_session()
@@ -83,7 +85,11 @@ def delete_rule(rule_id: int) -> Response:
 
 
 @bp.get("")
-@require_scope("start_meeting")
+@operation(
+    {200: (AlertList, "One page of alerts, newest first.")},
+    scope="start_meeting",
+    query=AlertQuery,
+)
 def list_alerts() -> Response:
     """List the user's fired alerts, newest first, one page at a time."""
     # An empty parameter (`?cursor=`, as a form leaves it) is no parameter.

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
+from core.analytics_responses import AnalyticsSummary, AnalyticsTimeseries
+from core.schemas import AnalyticsQuery
 from core.services import analytics
-from receiver.auth import current_user, require_scope
+from receiver.auth import current_user
 from receiver.db import get_session
+from receiver.openapi import operation
 
 bp = Blueprint("analytics", __name__, url_prefix="/v1/analytics")
 
@@ -16,7 +19,9 @@ SCOPE = "user_info"
 
 
 @bp.get("/summary")
-@require_scope(SCOPE)
+@operation(
+    {200: (AnalyticsSummary, "The figures of the range.")}, scope=SCOPE, query=AnalyticsQuery
+)
 def summary() -> Response:
     """Summarise the user's meetings and callbacks in [from, to)."""
     span = analytics.parse_range(request.args, buckets=False)
@@ -25,7 +30,9 @@ def summary() -> Response:
 
 
 @bp.get("/timeseries")
-@require_scope(SCOPE)
+@operation(
+    {200: (AnalyticsTimeseries, "One bucket per hour or day.")}, scope=SCOPE, query=AnalyticsQuery
+)
 def timeseries() -> Response:
     """Count the user's meetings per UTC hour or day of [from, to), empty buckets included."""
     span = analytics.parse_range(request.args, buckets=True)

@@ -18,6 +18,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from core.errors import DomainError, FieldError, ValidationFailed
+from core.responses import IngestAck
 from core.schemas import PlatformEvent
 from core.services import events
 from core.signing import SignatureRejected, check_signature, signing_key
@@ -26,6 +27,7 @@ from receiver import get_settings
 from receiver.bodies import parse_json_object, read_object, read_raw
 from receiver.db import get_session
 from receiver.errors import error_response
+from receiver.openapi import operation
 
 log = logging.getLogger(__name__)
 bp = Blueprint("events", __name__, url_prefix="/v1")
@@ -132,6 +134,14 @@ def _parse(webhook_id: str) -> PlatformEvent:
 
 
 @bp.post("/events")
+@operation(
+    {
+        202: (IngestAck, "Recorded; a worker will process it."),
+        200: (IngestAck, "This webhook-id was recorded before: the same body, nothing new."),
+    },
+    signed=True,
+    json=PlatformEvent,
+)
 def ingest() -> Response:
     """Verify, validate and durably record a platform event; processing happens in workers."""
     _verify(get_settings().ingest_signing_secret)
@@ -167,6 +177,6 @@ def ingest() -> Response:
     if recorded.created and recorded.meeting_id is None:
         UNKNOWN_MEETING.labels(type=event.type).inc()
     # A duplicate gets the body the first delivery got, with 200 instead of 202.
-    response = jsonify(id=recorded.public_id, status="accepted")
+    response = jsonify(IngestAck(id=recorded.public_id, status="accepted").render())
     response.status_code = 202 if recorded.created else 200
     return response

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
 from core.responses import MeetingList, MeetingOut, StartOut
-from core.schemas import AdHocStart, ScheduledMeetingIn, ScheduledMeetingPatch, StartOptions
+from core.schemas import (
+    AdHocStart,
+    MeetingListQuery,
+    ScheduledMeetingIn,
+    ScheduledMeetingPatch,
+    StartOptions,
+)
 from core.services import meetings
-from core.validation import parse_datetime, validate
+from core.validation import validate
 from receiver import get_settings
-from receiver.auth import current_user, require_scope
+from receiver.auth import current_user
 from receiver.bodies import read_object
 from receiver.db import get_session
+from receiver.openapi import operation
 
 bp = Blueprint("meetings", __name__, url_prefix="/v1/meetings")
-UNENCODED_OFFSET_RE = re.compile(r"^(.+[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?) (\d{2}:?\d{2})$")
 
 
 def _json(body: dict[str, Any], status: int) -> Response:
@@ -27,7 +32,13 @@ def _json(body: dict[str, Any], status: int) -> Response:
 
 
 @bp.post("/start")
-@require_scope("start_meeting")
+@operation(
+    {201: (StartOut, "Started: the presenter and viewer links.")},
+    scope="start_meeting",
+    json=AdHocStart,
+    form=True,
+    errors=(409,),
+)
 def start_adhoc() -> Response:
     """Start an ad hoc meeting: 201 with the presenter and viewer links."""
     body = read_object(allow_form=True)
@@ -48,7 +59,14 @@ def start_adhoc() -> Response:
 
 
 @bp.post("/<int:meeting_id>/start")
-@require_scope("start_meeting")
+@operation(
+    {200: (StartOut, "Started, or a fresh presenter link for a running meeting.")},
+    scope="start_meeting",
+    json=StartOptions,
+    form=True,
+    body_optional=True,
+    errors=(404, 409),
+)
 def start_scheduled(meeting_id: int) -> Response:
     """Start (or re-issue the presenter link of) an existing meeting: 200."""
     body = read_object(allow_form=True, allow_empty=True)
@@ -69,7 +87,7 @@ def start_scheduled(meeting_id: int) -> Response:
 
 
 @bp.post("/<int:meeting_id>/end")
-@require_scope("start_meeting")
+@operation({200: (MeetingOut, "The ended meeting.")}, scope="start_meeting", errors=(404,))
 def end(meeting_id: int) -> Response:
     """End a running meeting and emit meeting.end; ending twice is harmless."""
     session = get_session()
@@ -80,7 +98,12 @@ def end(meeting_id: int) -> Response:
 
 
 @bp.post("")
-@require_scope("scheduler")
+@operation(
+    {201: (MeetingOut, "The scheduled meeting.")},
+    scope="scheduler",
+    json=ScheduledMeetingIn,
+    errors=(409,),
+)
 def create() -> Response:
     """Schedule a meeting: 201 with the meeting."""
     data = validate(ScheduledMeetingIn, read_object())
@@ -92,19 +115,16 @@ def create() -> Response:
 
 
 @bp.get("")
-@require_scope("scheduler")
+@operation(
+    {200: (MeetingList, "Upcoming scheduled meetings by start time.")},
+    scope="scheduler",
+    query=MeetingListQuery,
+)
 def list_upcoming() -> Response:
     """List upcoming scheduled meetings, up to `endDate` when given."""
-    end_date = request.args.get("endDate")
-    if end_date:
-        # An unencoded `+01:00` offset arrives as ` 01:00` (a `+` in a query is a space).
-        end_date = UNENCODED_OFFSET_RE.sub(r"\1+\2", end_date.strip())
+    query = validate(MeetingListQuery, {"endDate": request.args.get("endDate")})
     user = current_user()
-    found = meetings.list_upcoming(
-        get_session(),
-        user,
-        end_date=parse_datetime(end_date, "endDate") if end_date else None,
-    )
+    found = meetings.list_upcoming(get_session(), user, end_date=query.endDate)
     base_url = get_settings().base_url
     return jsonify(
         MeetingList([MeetingOut.of(meeting, user, base_url) for meeting in found]).render()
@@ -112,7 +132,7 @@ def list_upcoming() -> Response:
 
 
 @bp.get("/<int:meeting_id>")
-@require_scope("scheduler")
+@operation({200: (MeetingOut, "The meeting.")}, scope="scheduler", errors=(404,))
 def read(meeting_id: int) -> Response:
     """Read one meeting, ad hoc or scheduled, with its lifecycle state."""
     user = current_user()
@@ -121,7 +141,12 @@ def read(meeting_id: int) -> Response:
 
 
 @bp.patch("/<int:meeting_id>")
-@require_scope("scheduler")
+@operation(
+    {200: (MeetingOut, "The changed meeting.")},
+    scope="scheduler",
+    json=ScheduledMeetingPatch,
+    errors=(404, 409),
+)
 def update(meeting_id: int) -> Response:
     """Change some fields of a meeting."""
     patch = validate(ScheduledMeetingPatch, read_object())
@@ -135,7 +160,7 @@ def update(meeting_id: int) -> Response:
 
 
 @bp.delete("/<int:meeting_id>")
-@require_scope("scheduler")
+@operation({204: (None, "Deleted.")}, scope="scheduler", errors=(404,))
 def delete(meeting_id: int) -> Response:
     """Delete a meeting: 204."""
     session = get_session()

@@ -7,14 +7,15 @@ from flask import Blueprint, Response, jsonify
 from core.responses import UserOut
 from core.services import meetings
 from receiver import get_settings
-from receiver.auth import current_user, require_scope
+from receiver.auth import current_user
 from receiver.db import get_session
+from receiver.openapi import operation
 
 bp = Blueprint("users", __name__, url_prefix="/v1")
 
 
 @bp.get("/user")
-@require_scope("user_info")
+@operation({200: (UserOut, "The current user.")}, scope="user_info")
 def me() -> Response:
     """Describe the current user."""
     user = current_user()

@@ -16,8 +16,9 @@ from core.responses import DeliveryOut, DeliveryPage, SigningSecretOut
 from core.services import accounts, delivery_log
 from core.validation import validate
 from receiver import get_settings
-from receiver.auth import current_user, require_scope
+from receiver.auth import current_user
 from receiver.db import get_session
+from receiver.openapi import operation
 
 bp = Blueprint("webhooks", __name__, url_prefix="/v1/webhooks")
 
@@ -31,7 +32,7 @@ class DeliveryQuery(BaseModel):
     status: Literal["pending", "succeeded", "failed"] | None = None
     limit: int = Field(default=pagination.DEFAULT_PAGE_SIZE, ge=1, le=pagination.MAX_PAGE_SIZE)
     # Checked by the service, so that every bad cursor is the same 400 `invalid-cursor`.
-    cursor: str | None = None
+    cursor: pagination.Cursor = None
 
 
 def _json(body: dict[str, Any], status: int = 200) -> Response:
@@ -41,7 +42,11 @@ def _json(body: dict[str, Any], status: int = 200) -> Response:
 
 
 @bp.get("/deliveries")
-@require_scope("start_meeting")
+@operation(
+    {200: (DeliveryPage, "One page of deliveries, newest first.")},
+    scope="start_meeting",
+    query=DeliveryQuery,
+)
 def list_deliveries() -> Response:
     """List the user's deliveries, newest first, one page at a time."""
     # An empty parameter (`?meetingId=&status=`, as a form leaves it) means "no filter".
@@ -61,7 +66,7 @@ def list_deliveries() -> Response:
 
 
 @bp.get("/deliveries/<int:delivery_id>")
-@require_scope("start_meeting")
+@operation({200: (DeliveryOut, "The delivery.")}, scope="start_meeting", errors=(404,))
 def get_delivery(delivery_id: int) -> Response:
     """Show one delivery and its attempts."""
     logged = delivery_log.show(get_session(), current_user().id, delivery_id)
@@ -69,7 +74,11 @@ def get_delivery(delivery_id: int) -> Response:
 
 
 @bp.post("/deliveries/<int:delivery_id>/redeliver")
-@require_scope("start_meeting")
+@operation(
+    {202: (DeliveryOut, "Queued again, with the same webhook-id.")},
+    scope="start_meeting",
+    errors=(404, 409),
+)
 def redeliver(delivery_id: int) -> Response:
     """Send a delivery again at once, with the same webhook-id: 202."""
     session = get_session()
@@ -85,7 +94,7 @@ def redeliver(delivery_id: int) -> Response:
 
 
 @bp.get("/signing-secret")
-@require_scope("start_meeting")
+@operation({200: (SigningSecretOut, "The signing secret.")}, scope="start_meeting")
 def signing_secret() -> Response:
     """Show the secret that signs callbacks now."""
     user = current_user()
@@ -96,7 +105,7 @@ def signing_secret() -> Response:
 
 
 @bp.post("/signing-secret/rotate")
-@require_scope("start_meeting")
+@operation({200: (SigningSecretOut, "The new signing secret.")}, scope="start_meeting")
 def rotate_signing_secret() -> Response:
     """Issue a new signing secret; the previous one keeps signing for 24 hours."""
     session = get_session()
