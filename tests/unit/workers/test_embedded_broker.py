@@ -86,10 +86,18 @@ def test_without_a_stop_request_a_wait_lasts_as_long_as_asked(broker_url: str) -
 
 
 def test_a_message_arriving_during_a_long_wait_is_delivered(broker_url: str) -> None:
+    def publish_late() -> None:
+        # A connection of its own, as the receiver's is: a kombu channel (and the SQLAlchemy
+        # session inside it) must never be shared between threads.
+        with Connection(broker_url) as producer, producer.SimpleQueue("events") as queue:
+            queue.put({"late": True})
+
     with Connection(broker_url) as conn, conn.SimpleQueue("events") as queue:
-        threading.Timer(0.5, lambda: queue.put({"late": True})).start()
-        message = queue.get(timeout=3)
+        late = threading.Timer(0.5, publish_late)
+        late.start()
+        message = queue.get(timeout=10)  # room for a loaded machine; on time it is 0.5 s
         message.ack()
+    late.join()
     assert message.payload == {"late": True}
 
 
