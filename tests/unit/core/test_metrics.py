@@ -103,7 +103,7 @@ class TestSharedDirectory:
                 env=env,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
-            )  # fmt: skip
+            )
             for _ in range(2)
         ]
         try:
