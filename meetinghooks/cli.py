@@ -15,12 +15,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+from prometheus_client import start_http_server
 
 from core import migrate
 from core.config import Settings
 from core.db import make_engine, make_session_factory
 from core.errors import ConfigError, DomainError
+from core.metrics_export import registry_for
 from core.models import SCOPES
 from core.services import accounts
 from meetinghooks import analytics_cli
@@ -238,8 +239,7 @@ def _serve_metrics(settings: Settings, env: dict[str, str]) -> None:
     """
     if settings.worker_metrics_port is None:
         return
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=env["PROMETHEUS_MULTIPROC_DIR"])  # type: ignore[no-untyped-call]
+    registry = registry_for(env["PROMETHEUS_MULTIPROC_DIR"])
     address = f"{settings.worker_metrics_host}:{settings.worker_metrics_port}"
     try:
         start_http_server(settings.worker_metrics_port, settings.worker_metrics_host, registry)

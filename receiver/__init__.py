@@ -9,7 +9,7 @@ from flask import Flask
 
 from core.config import Settings
 from core.db import make_engine, make_session_factory
-from receiver import db, errors, limits
+from receiver import db, errors, http_metrics, limits
 from receiver.tasks import CeleryEnqueuer, Enqueue, publisher
 
 if TYPE_CHECKING:
@@ -39,6 +39,7 @@ def create_app(
     db.init_app(app)
     errors.register_error_handlers(app)
     limits.install(app, settings)
+    http_metrics.install(app)
 
     from receiver import openapi, ops, pages  # noqa: PLC0415  (blueprints import the app's helpers)
     from receiver.api import (  # noqa: PLC0415

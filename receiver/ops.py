@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import logging
-import os
-from typing import Any
+from typing import Any, Final
 
 import sqlalchemy as sa
 from flask import Blueprint, Response, current_app, jsonify
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    REGISTRY,
-    CollectorRegistry,
-    generate_latest,
-    multiprocess,
-)
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from core.metrics_export import registry_for
 from core.responses import HealthOut, ReadyOut
 from receiver import get_settings
 from receiver.db import get_session
 from receiver.errors import error_response
 from receiver.openapi import operation
+from receiver.queue_lag import QueueLagCollector, lag_session_factory
 
 log = logging.getLogger(__name__)
 bp = Blueprint("ops", __name__)
@@ -73,15 +68,25 @@ def _broker_reachable() -> bool:
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    """Expose Prometheus metrics: of every process sharing PROMETHEUS_MULTIPROC_DIR, if set."""
-    return Response(generate_latest(_metrics_registry()), mimetype=CONTENT_TYPE_LATEST)
+    """Expose Prometheus metrics: of every process sharing PROMETHEUS_MULTIPROC_DIR, if set.
+
+    gunicorn workers (and, under `meetinghooks run`, the Celery workers) each write their own
+    files there; a scrape adds them up, whichever process answers it. The queue lag is read
+    from the database by this process.
+    """
+    text = generate_latest(registry_for()) + generate_latest(_queue_lag_registry())
+    return Response(text, mimetype=CONTENT_TYPE_LATEST)
 
 
-def _metrics_registry() -> CollectorRegistry:
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        return REGISTRY
-    # gunicorn workers (and, under `meetinghooks run`, the Celery worker) each write their
-    # own files there; a scrape adds them up, whichever process answers it.
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+QUEUE_LAG: Final = "meetinghooks.queue_lag"
+
+
+def _queue_lag_registry() -> CollectorRegistry:
+    # One collector (its cache and its small pool) per app, made at the first scrape.
+    registry: CollectorRegistry | None = current_app.extensions.get(QUEUE_LAG)
+    if registry is None:
+        registry = CollectorRegistry(auto_describe=False)
+        sessions = lag_session_factory(get_settings().database_url)
+        registry.register(QueueLagCollector(sessions))
+        current_app.extensions[QUEUE_LAG] = registry
     return registry

@@ -9,6 +9,7 @@ from celery.concurrency.thread import TaskPool as ThreadsPool
 from celery.signals import worker_init
 
 from core.config import Settings
+from workers import pool_metrics  # noqa: F401  (its signal handlers count pool saturation)
 from workers.celery_app import DbTask, make_celery
 
 settings = Settings.from_env()

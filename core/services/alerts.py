@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.orm import aliased
 
+from core import metrics
 from core.db import insert_unless_present, utcnow
 from core.errors import NotFound
 from core.models import Alert, AlertRule, AlertType, Delivery, Meeting, PresenterLink
@@ -153,6 +154,7 @@ def fire(
     alert = session.get(Alert, new_id)
     assert alert is not None  # noqa: S101  (just inserted)
     outbox.create_for_alert(session, alert, rule, alert_body(alert), now=now)
+    metrics.alert_fired(session, rule.type)
     return alert
 
 

@@ -32,6 +32,8 @@ class Applied:
     delivery_ids: list[int] = field(default_factory=list)
     # True when the event had been processed before: nothing was done this time.
     repeated: bool = False
+    # The event's type (`meeting.start`, ...); None when the event does not exist.
+    event_type: str | None = None
 
 
 def record_event(
@@ -199,7 +201,7 @@ def apply_event(session: Session, event_id: int, *, now: dt.datetime | None = No
     if event is None:
         return Applied(outcome="missing")
     if event.processed_at is not None:
-        return Applied(outcome=event.outcome or "applied", repeated=True)
+        return Applied(outcome=event.outcome or "applied", repeated=True, event_type=event.type)
     meeting = (
         session.get(Meeting, event.meeting_id, with_for_update=True, populate_existing=True)
         if event.meeting_id is not None
@@ -208,7 +210,7 @@ def apply_event(session: Session, event_id: int, *, now: dt.datetime | None = No
     if meeting is None:
         event.outcome = "unknown-meeting"
         event.processed_at = now
-        return Applied(outcome=event.outcome)
+        return Applied(outcome=event.outcome, event_type=event.type)
 
     # Every processed event of the meeting, whatever each one's outcome was: the meeting is a
     # function of the set of its events, never of their arrival order.
@@ -258,7 +260,7 @@ def apply_event(session: Session, event_id: int, *, now: dt.datetime | None = No
         delivery_ids += outbox.create_for_event(session, by_id[defining_id], meeting, now=now)
     if meeting.status == "ended" and end_was != end_is:
         alert_triggers.meeting_ended(session, meeting, now)
-    return Applied(outcome=event.outcome, delivery_ids=delivery_ids)
+    return Applied(outcome=event.outcome, delivery_ids=delivery_ids, event_type=event.type)
 
 
 def apply_batch(session: Session, event_ids: Sequence[int]) -> list[Applied]:

@@ -9,10 +9,9 @@ import threading
 from typing import TYPE_CHECKING
 
 from celery import shared_task
-from prometheus_client import Counter, Histogram
 from sqlalchemy.exc import OperationalError
 
-from core import task_names
+from core import metrics, task_names
 from core.db import utcnow
 from core.services import delivery_states, outbound_http, outbox
 from workers.celery_app import DELIVERIES_QUEUE, DbTask
@@ -24,15 +23,6 @@ if TYPE_CHECKING:
     from core.config import Settings
 
 log = logging.getLogger(__name__)
-
-ATTEMPTS = Counter(
-    "meetinghooks_delivery_attempts", "Callback attempts by result: 2xx or error class", ["result"]
-)
-LATENCY = Histogram(
-    "meetinghooks_delivery_latency_seconds",
-    "Time from sending a callback to its response status",
-    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30),
-)
 
 # A sweep wakes at most this many deliveries; the next sweep takes the rest.
 SWEEP_BATCH = 500
@@ -88,9 +78,7 @@ def run_delivery(
     if claimed is None:
         return None
     outcome = outbound_http.send(http, claimed, timeout=settings.callback_timeout_seconds)
-    ATTEMPTS.labels(result=outcome.error or "2xx").inc()
-    if outcome.status_code is not None:
-        LATENCY.observe(outcome.latency_ms / 1000)
+    metrics.delivery_attempted(outcome)
     with session_factory.begin() as session:
         recorded = delivery_states.record(
             session,

@@ -6,22 +6,16 @@ import datetime as dt
 import logging
 
 from celery import shared_task
-from prometheus_client import Counter
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from core import task_names
+from core import metrics, task_names
 from core.db import utcnow
 from core.services import events, inbox
 from workers.celery_app import EVENTS_QUEUE, DbTask
 
 log = logging.getLogger(__name__)
 
-PROCESSED = Counter(
-    "meetinghooks_events_processed",
-    "Events processed by workers, by outcome (already-processed: a repeated wake-up)",
-    ["outcome"],
-)
 SWEEP_BATCH = 500
 # The database is unreachable, restarting or failing over: worth a retry, unlike a bug.
 TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError, PoolTimeout)
@@ -50,7 +44,7 @@ def process_event(self: DbTask, event_id: int, **_compat: object) -> str:
     # The commit publishes the new deliveries' wake-ups: each row exists before its message.
     with self.session_scope() as session:
         applied = events.apply_event(session, event_id)
-    PROCESSED.labels(outcome="already-processed" if applied.repeated else applied.outcome).inc()
+    metrics.event_processed(applied)
     if applied.outcome != "applied" and not applied.repeated:
         log.info("workers.event.not_applied event=%s outcome=%s", event_id, applied.outcome)
     return applied.outcome
@@ -93,11 +87,11 @@ def process_events(self: DbTask, event_ids: list[int], **_compat: object) -> int
             except Exception:
                 log.exception("workers.event.failed event=%s", event_id)
     for applied in results:
-        PROCESSED.labels(outcome="already-processed" if applied.repeated else applied.outcome).inc()
+        metrics.event_processed(applied)
     skipped = len(event_ids) - len(results)
     if skipped:
         # Applied before, or being applied by another worker right now.
-        PROCESSED.labels(outcome="already-processed").inc(skipped)
+        metrics.events_skipped(skipped)
     return len(results)
 
 

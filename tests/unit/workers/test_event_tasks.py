@@ -105,7 +105,13 @@ def record_typed(
 
 
 def processed(name: str, outcome: str) -> float:
-    return REGISTRY.get_sample_value(f"{name}_total", {"outcome": outcome}) or 0.0
+    """The counter's value for `outcome`, over every event type."""
+    return sum(
+        sample.value
+        for family in REGISTRY.collect()
+        for sample in family.samples
+        if sample.name == f"{name}_total" and sample.labels.get("outcome") == outcome
+    )
 
 
 def unprocessed(session_factory: sessionmaker[Session]) -> int:
@@ -149,9 +155,13 @@ class TestProcessEvent:
 
         monkeypatch.setattr(app, "send_task", send_task)
         event_id = record(session_factory, meeting_with_hook)
+        labels = {"type": "meeting.start", "outcome": "applied"}
         before = processed("meetinghooks_events_processed", "applied")
+        typed = REGISTRY.get_sample_value("meetinghooks_events_processed_total", labels) or 0.0
         assert process_event(event_id=event_id) == "applied"
         assert processed("meetinghooks_events_processed", "applied") - before == 1
+        after = REGISTRY.get_sample_value("meetinghooks_events_processed_total", labels)
+        assert after == typed + 1
         with session_factory() as session:
             meeting = session.get(Meeting, meeting_with_hook)
             assert meeting is not None
