@@ -13,9 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 WIDTH, HEIGHT = 720, 240
-LEFT, RIGHT, TOP, BOTTOM = 52, 12, 12, 40
+LEFT, RIGHT, TOP, BOTTOM = 56, 12, 12, 40
 MAX_X_LABELS = 6
-Y_TICKS = 4
+# At most this many steps up the y axis, each a round number (1, 2 or 5 times a power of ten).
+MAX_Y_STEPS = 5
 # Of a bucket's slot, the share its bars fill (the rest is the gap between buckets).
 FILL = 0.8
 
@@ -61,15 +62,20 @@ class Chart:
     right: int = WIDTH - RIGHT
 
 
-def nice_ceiling(value: float) -> float:
+def nice_step(value: float) -> float:
     """Return the least of 1, 2, 5 times a power of ten (at least 1) not below `value`."""
     if value <= 1:
-        return 1
+        return 1.0
     power = 10 ** math.floor(math.log10(value))
-    for step in (1, 2, 5, 10):
-        if step * power >= value:
-            return float(step * power)
-    return float(10 * power)  # pragma: no cover  (the loop always returns)
+    return float(next(step * power for step in (1, 2, 5, 10) if step * power >= value))
+
+
+def y_scale(largest: float, ceiling: float | None) -> tuple[float, float]:
+    """Return the top of the y axis and its step: round numbers, at most MAX_Y_STEPS steps."""
+    if ceiling is not None:
+        return ceiling, ceiling / 4
+    step = nice_step(largest / MAX_Y_STEPS)
+    return max(step, step * math.ceil(largest / step)), step
 
 
 def number(value: float) -> str:
@@ -93,7 +99,7 @@ def bar_chart(
 ) -> Chart:
     """Lay out grouped bars, one group per bucket, one bar per series."""
     values = [v for _, column in series for v in column if v is not None]
-    top = ceiling if ceiling is not None else nice_ceiling(max(values, default=0))
+    top, step = y_scale(max(values, default=0), ceiling)
     plot_width = WIDTH - LEFT - RIGHT
     plot_height = HEIGHT - TOP - BOTTOM
     slot = plot_width / max(len(starts), 1)
@@ -115,8 +121,8 @@ def bar_chart(
                 )
             )
     y_ticks = [
-        Tick(at=round(TOP + plot_height * (1 - k / Y_TICKS), 2), label=number(top * k / Y_TICKS))
-        for k in range(Y_TICKS + 1)
+        Tick(at=round(TOP + plot_height * (1 - k * step / top), 2), label=number(k * step))
+        for k in range(round(top / step) + 1)
     ]
     every = max(1, math.ceil(len(starts) / MAX_X_LABELS))
     x_ticks = [
