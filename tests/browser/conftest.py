@@ -16,6 +16,9 @@ from tests.browser.deployment import Deployment, Flow, free_port, run_flow
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 REQUIRE_SERVICES = os.environ.get("MEETINGHOOKS_REQUIRE_SERVICES") == "1"
+# The deployment is always embedded (SQLite): `make test`'s first pass runs these tests, and its
+# PostgreSQL pass would only run them a second time.
+POSTGRES_PASS = "postgresql" in os.environ.get("TEST_DATABASE_URL", "")
 # `make screenshots` sets it: where the flow saves its PNGs.
 SCREENSHOTS = os.environ.get("MEETINGHOOKS_SCREENSHOTS")
 # Nothing a fresh profile would fetch: updates, sync, QUIC, background requests.
@@ -37,6 +40,8 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture(scope="session")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    if POSTGRES_PASS:
+        pytest.skip("the browser tests run embedded, in the SQLite pass of make test")
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
         message = "Debian's chromium and chromium-driver are not installed"
         if REQUIRE_SERVICES:
