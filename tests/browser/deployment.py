@@ -21,7 +21,7 @@ from tests.callback_receiver import Answer, CallbackReceiver
 from tests.conftest import INGEST_SECRET
 from tests.platform_events import signed_event
 
-BOOT_SECONDS = 60
+BOOT_SECONDS = 90
 
 
 def free_port() -> int:
@@ -90,6 +90,13 @@ class Deployment:
                 start_new_session=True,
             )  # fmt: skip
         wait_until(self._serves, BOOT_SECONDS, f"meetinghooks run to serve ({self.log})")
+        # Both worker pools, or the flow's callbacks would wait for Celery to boot (slow on a
+        # loaded machine) inside the flow's own time limit.
+        wait_until(
+            lambda: self.log.read_text(errors="replace").count(" ready.") >= 2,
+            BOOT_SECONDS,
+            f"both worker pools of meetinghooks run ({self.log})",
+        )
 
     def _serves(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
