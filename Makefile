@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 
 LOCK := requirements.lock
 
-.PHONY: run test lint install lock clean bench faults
+.PHONY: run test lint install lock clean bench faults screenshots
 
 # Exact versions from the lock: pip takes it as constraints (-c), so it pins what the
 # dependencies pull in and installs nothing by itself.
@@ -61,6 +61,12 @@ bench: install
 # faults/README.md.
 faults: install
 	$(BIN)/python faults/suite.py
+
+# The console's browser flow (tests/browser) in headless Chromium, saving the README's PNGs of
+# the meeting timeline and the analytics page.
+screenshots: install
+	MEETINGHOOKS_SCREENSHOTS=docs/screenshots $(BIN)/pytest tests/browser -m browser -q \
+	  -k "signs_in_follows_a_meeting"
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import secrets
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
 
 from limits import parse_many
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from core.errors import ConfigError
 from core.signing import signing_key
@@ -29,6 +31,9 @@ DEFAULT_RATE_LIMIT_INGEST = "1000/second"
 RATE_LIMIT_OFF = "off"
 # The `limits` storages we configure (receiver.limits): its memory storage and plain Redis.
 RATE_LIMIT_STORAGE_SCHEMES = frozenset({"memory", "redis", "rediss", "redis+unix"})
+# The console's session signing key: generated once in the embedded mode and kept here.
+EMBEDDED_SECRET_KEY_FILE = "secret_key"  # noqa: S105  (a file name, not a secret)
+MIN_SECRET_KEY_LENGTH = 32
 
 
 class Settings(BaseModel):
@@ -67,6 +72,8 @@ class Settings(BaseModel):
     rate_limit_api: str | None = DEFAULT_RATE_LIMIT_API
     rate_limit_ingest: str | None = DEFAULT_RATE_LIMIT_INGEST
     rate_limit_storage_url: str | None = None
+    # Signs the console's session cookie (docs/DECISIONS.md "Web console"); None: console off.
+    secret_key: SecretStr | None = None
 
     @field_validator("public_base_url")
     @classmethod
@@ -106,6 +113,13 @@ class Settings(BaseModel):
         if not separator or scheme.lower() not in RATE_LIMIT_STORAGE_SCHEMES:
             # The URL may hold a password: the message names the schemes, never the value.
             raise ValueError("must be memory:// or a redis://, rediss://, redis+unix:// URL")
+        return value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _long_secret_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_SECRET_KEY_LENGTH:
+            raise ValueError(f"must be at least {MIN_SECRET_KEY_LENGTH} characters")
         return value
 
     @field_validator("retry_schedule")
@@ -159,6 +173,7 @@ class Settings(BaseModel):
             "RATE_LIMIT_API": "rate_limit_api",
             "RATE_LIMIT_INGEST": "rate_limit_ingest",
             "RATE_LIMIT_STORAGE_URL": "rate_limit_storage_url",
+            "SECRET_KEY": "secret_key",
         }
         for name, field in simple.items():
             if env.get(name):
@@ -169,6 +184,8 @@ class Settings(BaseModel):
         raw["callback_allowed_networks"] = _split(networks or "")
         if env.get("RETRY_SCHEDULE"):
             raw["retry_schedule"] = _split(env["RETRY_SCHEDULE"])
+        if embedded and not env.get("SECRET_KEY"):
+            raw["secret_key"] = embedded_secret_key(EMBEDDED_DIR / EMBEDDED_SECRET_KEY_FILE)
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:
@@ -182,6 +199,27 @@ class Settings(BaseModel):
                 for err in exc.errors()
             ]
             raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+
+
+def embedded_secret_key(path: Path) -> str:
+    """Return the key kept in `path`, creating it (mode 0600) on first use.
+
+    Every process of `meetinghooks run` reads the same file, so a session signed by one is
+    valid in all, and across restarts. The file appears whole (a hard link of a finished
+    temporary file) and the first to link it wins, so racing processes agree on one key.
+    """
+    if not path.exists():
+        descriptor, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # 0600
+        temporary = Path(name)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_urlsafe(48))
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass  # another process made it first: use theirs
+        finally:
+            temporary.unlink()
+    return path.read_text().strip()
 
 
 def _split(value: str) -> list[str]:

@@ -65,6 +65,9 @@ def create_app(
         pages,
     ):
         app.register_blueprint(module.bp)
+    from receiver import console  # noqa: PLC0415  (its pages import the app's helpers)
+
+    console.init_app(app, settings)
     return app
 
 

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from core.db import utcnow
 from core.errors import Conflict, NotFound, ValidationFailed
 from core.models import SCOPES, AccessToken, User
+from core.pagination import MAX_ROW_ID
 from core.security import hash_token, new_access_token, new_signing_secret
 
 if TYPE_CHECKING:
@@ -20,7 +21,18 @@ if TYPE_CHECKING:
 PERSONAL_URL_RE = re.compile(r"^[a-z][a-z0-9-]{1,62}$")
 # Top-level paths of our own that a personal URL must not shadow.
 RESERVED_PERSONAL_URLS = frozenset(
-    {"v1", "presenter", "audio", "healthz", "readyz", "metrics", "openapi", "static", "api"}
+    {
+        "v1",
+        "presenter",
+        "audio",
+        "healthz",
+        "readyz",
+        "metrics",
+        "openapi",
+        "static",
+        "api",
+        "console",
+    }
 )
 EMAIL_RE = re.compile(r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$")
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
@@ -126,6 +138,18 @@ def authenticate(session: Session, token: str) -> tuple[User, AccessToken] | Non
         sa.select(User, AccessToken)
         .join(AccessToken, AccessToken.user_id == User.id)
         .where(AccessToken.token_hash == hash_token(token), AccessToken.revoked_at.is_(None))
+    ).first()
+    return (row[0], row[1]) if row else None
+
+
+def authenticate_token_id(session: Session, token_id: int) -> tuple[User, AccessToken] | None:
+    """Return the user and token record for a live token known by id (a console session)."""
+    if not 1 <= token_id <= MAX_ROW_ID:
+        return None
+    row = session.execute(
+        sa.select(User, AccessToken)
+        .join(AccessToken, AccessToken.user_id == User.id)
+        .where(AccessToken.id == token_id, AccessToken.revoked_at.is_(None))
     ).first()
     return (row[0], row[1]) if row else None
 
