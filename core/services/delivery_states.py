@@ -7,13 +7,10 @@ retry). The lease (`locked_until`) keeps two workers from sending the same deliv
 a worker that dies mid-attempt leaves the lease to expire, and the sweep hands the delivery
 to another worker with the same `webhook-id`.
 
-The hot path is Core statements, not ORM loads: a claim is one UPDATE ... RETURNING that
-picks a due, unleased delivery (FOR NO KEY UPDATE SKIP LOCKED on PostgreSQL, the write lock of
-BEGIN IMMEDIATE on SQLite), leases it and brings back all that `send` needs, with the INSERT of
-its attempt row in the same statement on PostgreSQL; a success is one UPDATE of the delivery,
-fenced by its lease, with the attempt row's UPDATE (two statements on SQLite, which has no
-data-modifying WITH). The rare turns (a disabled webhook, attempts used up, a retry to
-schedule, a failure, an alert rule to consult) load the ORM objects and go the long way.
+The hot path is Core statements, not ORM loads (`delivery_statements`): a claim is one
+UPDATE ... RETURNING, a success one UPDATE fenced by the lease. The rare turns (a disabled
+webhook, attempts used up, a retry to schedule, a failure, an alert rule to consult) load the
+ORM objects and go the long way.
 
 Every status change with a consequence is one function here: `fail` (the only way into
 `failed`, and the only caller of `alert_triggers.delivery_failed`), `_record_success` and
@@ -27,13 +24,15 @@ import datetime as dt
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from core.db import UTCDateTime, utcnow
+from core.db import utcnow
 from core.models import Delivery, DeliveryAttempt, User, Webhook
 from core.services import accounts, alert_triggers
+from core.services import delivery_statements as sql
+from core.services.delivery_statements import WEBHOOK_DISABLED
 from core.services.outbound_http import MAX_RETRY_AFTER, Outcome
 
 if TYPE_CHECKING:
@@ -43,17 +42,8 @@ if TYPE_CHECKING:
 
 JITTER = 0.2
 RETRY_AFTER_STATUSES = (429, 503)
-IN_PROGRESS = "in-progress"
-INTERRUPTED = "interrupted"
-WEBHOOK_DISABLED = "webhook-disabled"
 
 _jitter_source = random.SystemRandom()
-
-# The tables behind the models, for Core statements (declarative types them as FromClause).
-_deliveries = cast("sa.Table", Delivery.__table__)
-_attempts = cast("sa.Table", DeliveryAttempt.__table__)
-_users = cast("sa.Table", User.__table__)
-_webhooks = cast("sa.Table", Webhook.__table__)
 
 
 @dataclass(frozen=True)
@@ -105,149 +95,6 @@ def claim(
     return claim_next(session, among=[delivery_id], lease=lease, max_attempts=max_attempts, now=now)
 
 
-def _due(table: sa.FromClause, now: sa.BindParameter[dt.datetime]) -> sa.ColumnElement[bool]:
-    return sa.and_(
-        table.c.status == "pending",
-        table.c.next_attempt_at <= now,
-        sa.or_(table.c.locked_until.is_(None), table.c.locked_until <= now),
-    )
-
-
-def outer_row(column: sa.Column[Any]) -> sa.ColumnElement[Any]:
-    """Refer to the updated row's `column` from a subquery of an UPDATE's RETURNING clause.
-
-    Written out as `table.column`: SQLAlchemy's SQLite compiler drops the table name of every
-    column inside RETURNING, subqueries included, where `id` would then mean the subquery's
-    own table's `id`.
-    """
-    return sa.literal_column(f"{column.table.name}.{column.name}", type_=column.type)
-
-
-def _claim_statement(*, named: bool) -> sa.Update:
-    """UPDATE the oldest due delivery (of `:among` when `named`) into a lease; RETURNING all.
-
-    The pick is a subquery FOR NO KEY UPDATE SKIP LOCKED: a row another transaction holds is
-    left to it instead of waited for, so the lease's clock (read just before) never includes
-    a wait. Every transaction that locks a delivery row either takes it (a claim), ends it,
-    or sends a wake-up of its own once it commits (the sweep, a redelivery), so a skipped
-    delivery is not stranded. The outer WHERE says "due" again. SQLite renders no row lock:
-    its write lock, taken at BEGIN IMMEDIATE before the clock is read, serializes claims.
-    """
-    now = sa.bindparam("now", type_=UTCDateTime())
-    candidate = _deliveries.alias("candidate")
-    pick = sa.select(candidate.c.id).where(
-        _due(candidate, now),
-        # Its owner is there to sign it (a user's deletion takes their deliveries with it).
-        sa.exists().where(_users.c.id == candidate.c.user_id),
-    )
-    if named:
-        pick = pick.where(candidate.c.id.in_(sa.bindparam("among", expanding=True)))
-    picked = (
-        pick.order_by(candidate.c.next_attempt_at, candidate.c.id)
-        .limit(1)
-        # FOR NO KEY UPDATE, as the UPDATE itself locks: an attempt or alert row being
-        # inserted with a foreign key to it (KEY SHARE) does not make the claim skip it.
-        .with_for_update(skip_locked=True, key_share=True)
-        .scalar_subquery()
-    )
-    d = _deliveries
-    other = _deliveries.alias("other")
-
-    def of_user(column: sa.Column[Any]) -> sa.ScalarSelect[Any]:
-        return sa.select(column).where(_users.c.id == outer_row(d.c.user_id)).scalar_subquery()
-
-    return (
-        sa.update(d)
-        .where(d.c.id == picked, _due(d, now))
-        .values(
-            attempt_count=d.c.attempt_count + 1,
-            locked_until=sa.bindparam("lease", type_=UTCDateTime()),
-            # Its wake-up arrived: the sweep's back-off starts over.
-            enqueue_count=0,
-            # Written out: the column's Python-side onupdate does not reach an UPDATE that
-            # runs inside the WITH of another statement (PostgreSQL's claim).
-            updated_at=now,
-        )
-        .returning(
-            d.c.id,
-            d.c.message_id,
-            d.c.callback_url,
-            d.c.body,
-            d.c.attempt_count,
-            d.c.locked_until,
-            of_user(_users.c.signing_secret).label("secret"),
-            of_user(_users.c.previous_signing_secret).label("previous_secret"),
-            of_user(_users.c.previous_secret_valid_until).label("previous_valid_until"),
-            # The raw column: SQLite 3.40 can answer `IS NOT NULL` wrongly inside RETURNING.
-            sa.select(_webhooks.c.disabled_at)
-            .where(_webhooks.c.id == outer_row(d.c.webhook_id))
-            .scalar_subquery()
-            .label("webhook_disabled_at"),
-            sa.exists().where(_due(other, now), other.c.id != outer_row(d.c.id)).label("more_due"),
-            # An attempt still in progress at the next claim is one whose worker died.
-            sa.exists()
-            .where(_attempts.c.delivery_id == outer_row(d.c.id), _attempts.c.error == IN_PROGRESS)
-            .label("interrupted"),
-        )
-    )
-
-
-_CLAIM_NAMED = _claim_statement(named=True)
-_CLAIM_ANY = _claim_statement(named=False)
-_OPEN_ATTEMPT = (
-    sa.insert(_attempts)
-    .values(
-        delivery_id=sa.bindparam("claimed_id"),
-        attempted_at=sa.bindparam("now", type_=UTCDateTime()),
-        error=IN_PROGRESS,
-    )
-    .returning(_attempts.c.id)
-)
-_MARK_INTERRUPTED = (
-    sa.update(_attempts)
-    .where(
-        _attempts.c.delivery_id == sa.bindparam("claimed_id"),
-        _attempts.c.error == IN_PROGRESS,
-        # Not the claim's own attempt, when the same statement opened it (PostgreSQL).
-        sa.or_(
-            sa.bindparam("opened", type_=sa.Integer()).is_(None),
-            _attempts.c.id != sa.bindparam("opened", type_=sa.Integer()),
-        ),
-    )
-    .values(error=INTERRUPTED)
-)
-_DROP_ATTEMPT = sa.delete(_attempts).where(_attempts.c.id == sa.bindparam("opened"))
-_NOT_SENT = (
-    sa.update(_attempts)
-    .where(_attempts.c.id == sa.bindparam("opened"))
-    .values(error=WEBHOOK_DISABLED)
-)
-
-
-def _claim_and_open(*, named: bool) -> sa.Select[Any]:
-    """The claim and its attempt row's INSERT in one statement (PostgreSQL: DML in WITH)."""
-    claimed = _claim_statement(named=named).cte("claimed")
-    opened = (
-        sa.insert(_attempts)
-        .from_select(
-            ["delivery_id", "attempted_at", "error"],
-            sa.select(
-                claimed.c.id, sa.bindparam("now", type_=UTCDateTime()), sa.literal(IN_PROGRESS)
-            ),
-        )
-        .returning(_attempts.c.id, _attempts.c.delivery_id)
-        .cte("opened")
-    )
-    return sa.select(claimed, opened.c.id.label("attempt_id")).join_from(
-        claimed, opened, opened.c.delivery_id == claimed.c.id
-    )
-
-
-# One round trip per claim on PostgreSQL; SQLite has no DML in WITH: two statements there.
-_CLAIM_AND_OPEN_NAMED = _claim_and_open(named=True)
-_CLAIM_AND_OPEN_ANY = _claim_and_open(named=False)
-
-
 def claim_next(
     session: Session,
     *,
@@ -269,9 +116,9 @@ def claim_next(
     together = connection.dialect.name == "postgresql"
     statement: sa.Executable
     if together:
-        statement = _CLAIM_AND_OPEN_ANY if among is None else _CLAIM_AND_OPEN_NAMED
+        statement = sql.CLAIM_AND_OPEN_ANY if among is None else sql.CLAIM_AND_OPEN_NAMED
     else:
-        statement = _CLAIM_ANY if among is None else _CLAIM_NAMED
+        statement = sql.CLAIM_ANY if among is None else sql.CLAIM_NAMED
     # Only now, with SQLite's write lock held: waiting for it can take longer than the
     # lease, and a lease counted from before the wait would run out mid-attempt and let a
     # second worker send the same delivery at the same time.
@@ -286,18 +133,20 @@ def claim_next(
         opened = row.attempt_id if together else None
         if row.interrupted:
             # A previous claim whose lease ran out never recorded its result: its worker died.
-            connection.execute(_MARK_INTERRUPTED, {"claimed_id": row.id, "opened": opened})
+            connection.execute(sql.MARK_INTERRUPTED, {"claimed_id": row.id, "opened": opened})
         disabled = row.webhook_disabled_at is not None
         if disabled or (max_attempts is not None and row.attempt_count > max_attempts):
             if opened is not None:
                 # Not sent after all: a disabled webhook's attempt says so, no attempt left
                 # makes no attempt.
-                connection.execute(_NOT_SENT if disabled else _DROP_ATTEMPT, {"opened": opened})
+                connection.execute(
+                    sql.NOT_SENT if disabled else sql.DROP_ATTEMPT, {"opened": opened}
+                )
             _fail_at_claim(session, row.id, note_disabled=disabled and opened is None, now=now)
             continue
         if opened is None:
             opened = connection.execute(
-                _OPEN_ATTEMPT, {"claimed_id": row.id, "now": now}
+                sql.OPEN_ATTEMPT, {"claimed_id": row.id, "now": now}
             ).scalar_one()
         # A transient User, never added to the session: the rotation rule stays in one place.
         signer = User(
@@ -362,39 +211,6 @@ def retry_delay(
     return delay
 
 
-_RECORD_ATTEMPT = (
-    sa.update(_attempts)
-    .where(_attempts.c.id == sa.bindparam("attempt"))
-    .values(
-        status_code=sa.bindparam("code"),
-        latency_ms=sa.bindparam("latency"),
-        error=sa.bindparam("failure"),
-        response_body=sa.bindparam("answer"),
-    )
-)
-_SUCCEED = (
-    sa.update(_deliveries)
-    .where(
-        # Named apart from every column of both tables: at execution SQLAlchemy would add an
-        # UPDATE's unknown parameter named like one of its columns to its SET clause.
-        _deliveries.c.id == sa.bindparam("ended"),
-        # Fenced by the lease: a worker that outlived it changes nothing.
-        _deliveries.c.locked_until == sa.bindparam("lease", type_=UTCDateTime()),
-    )
-    .values(
-        status="succeeded",
-        completed_at=sa.bindparam("now", type_=UTCDateTime()),
-        next_attempt_at=None,
-        locked_until=None,
-        # Written out: the Python-side onupdate is not applied to a statement with a WITH.
-        updated_at=sa.bindparam("now", type_=UTCDateTime()),
-    )
-    .returning(*alert_triggers.success_columns(_deliveries))
-)
-# PostgreSQL: the attempt row's UPDATE rides along in the same statement (DML in WITH).
-_SUCCEED_AND_LOG = _SUCCEED.add_cte(_RECORD_ATTEMPT.cte("logged"))
-
-
 def record(
     session: Session,
     claimed: Claim,
@@ -420,7 +236,7 @@ def record(
     if outcome.succeeded:
         now = utcnow() if now is None else now
         return _record_success(session, claimed, logged, now)
-    connection.execute(_RECORD_ATTEMPT, logged)
+    connection.execute(sql.RECORD_ATTEMPT, logged)
     delivery = session.get(
         Delivery, claimed.delivery_id, with_for_update=True, populate_existing=True
     )
@@ -461,13 +277,13 @@ def _record_success(
     connection = session.connection()
     fenced = {"ended": claimed.delivery_id, "lease": claimed.lease, "now": now}
     if connection.dialect.name == "postgresql":
-        ended = connection.execute(_SUCCEED_AND_LOG, {**fenced, **logged}).one_or_none()
+        ended = connection.execute(sql.SUCCEED_AND_LOG, {**fenced, **logged}).one_or_none()
     else:
-        connection.execute(_RECORD_ATTEMPT, logged)
-        ended = connection.execute(_SUCCEED, fenced).one_or_none()
+        connection.execute(sql.RECORD_ATTEMPT, logged)
+        ended = connection.execute(sql.SUCCEED, fenced).one_or_none()
     if ended is None:
         status = connection.scalar(
-            sa.select(_deliveries.c.status).where(_deliveries.c.id == claimed.delivery_id)
+            sa.select(Delivery.status).where(Delivery.id == claimed.delivery_id)
         )
         # Gone (its user was deleted), or our lease ran out and another worker holds it.
         return None if status is None else Recorded(status=status, stale=True)

@@ -21,9 +21,10 @@ from tests.callback_receiver import CallbackReceiver, Received
 from tests.conftest import Account
 from tests.deliveries_helpers import attempts, load, make_delivery
 from workers import celery_app as celery_module
+from workers import delivery_drain
 from workers.celery_app import DELIVERIES_QUEUE, DbTask, make_celery
-from workers.tasks import deliveries as delivery_tasks
-from workers.tasks.deliveries import SendingSlots, deliver, run_deliveries, sweep_deliveries
+from workers.delivery_drain import SendingSlots, run_deliveries
+from workers.tasks.deliveries import deliver, sweep_deliveries
 
 HOOK = "https://93.184.216.34/hook"
 # Longest a step of a test may wait for another before the test gives up.
@@ -209,7 +210,7 @@ class TestDrain:
         named, other = (make_delivery(session_factory, account.id, HOOK) for _ in range(2))
         requests_mock.post(HOOK, status_code=204)
         # A warm shutdown: Celery keeps its exit code there, 0 here.
-        monkeypatch.setattr(delivery_tasks.worker_state, "should_stop", 0)
+        monkeypatch.setattr(delivery_drain.worker_state, "should_stop", 0)
         made, unfinished = run_deliveries(
             session_factory, [named], settings=settings, http=http, slots=four_slots
         )
@@ -233,9 +234,9 @@ class TestDrain:
         def lost(*_args: Any, **_kwargs: Any) -> None:
             raise sa.exc.OperationalError("UPDATE", {}, Exception("connection lost"))
 
-        monkeypatch.setattr(delivery_tasks, "record", lost)
+        monkeypatch.setattr(delivery_drain, "record", lost)
         slots, lanes = four_slots
-        drain = delivery_tasks.Drain(
+        drain = delivery_drain.Drain(
             session_factory, settings, http, slots, lanes, stop_claiming=float("inf")
         )
         assert slots.try_take()  # as _widen takes it for the lane
@@ -322,7 +323,7 @@ def worker_context(
     """Bind the tasks to a memory:// app, the test database and four slots; record publishes."""
     make_celery(settings)
     monkeypatch.setattr(DbTask, "_session_factory", session_factory)
-    monkeypatch.setattr(delivery_tasks, "sending_slots", lambda: four_slots)
+    monkeypatch.setattr(delivery_drain, "sending_slots", lambda: four_slots)
     sent: list[dict[str, Any]] = []
 
     def apply_async(*, kwargs: dict[str, Any], queue: str, **_options: Any) -> None:
@@ -344,7 +345,7 @@ class TestMessages:
     ) -> None:
         a, b, c = (make_delivery(session_factory, account.id, HOOK) for _ in range(3))
         requests_mock.post(HOOK, status_code=204)
-        monkeypatch.setattr(delivery_tasks, "sending_slots", lambda: one_slot)  # names only
+        monkeypatch.setattr(delivery_drain, "sending_slots", lambda: one_slot)  # names only
         deliver(delivery_id=a)  # as queued by the previous release
         assert statuses(session_factory) == {a: "succeeded", b: "pending", c: "pending"}
         deliver(delivery_id=b, more_delivery_ids=[c])
@@ -361,10 +362,10 @@ class TestMessages:
     ) -> None:
         named, *rest = (make_delivery(session_factory, account.id, HOOK) for _ in range(4))
         requests_mock.post(HOOK, status_code=204)
-        monkeypatch.setattr(delivery_tasks, "DRAIN_SECONDS", 0)
+        monkeypatch.setattr(delivery_drain, "DRAIN_SECONDS", 0)
         deliver(delivery_id=named)
         assert worker_context == [{"kwargs": {}, "queue": DELIVERIES_QUEUE}]
-        monkeypatch.setattr(delivery_tasks, "DRAIN_SECONDS", PATIENCE)
+        monkeypatch.setattr(delivery_drain, "DRAIN_SECONDS", PATIENCE)
         deliver(**worker_context[0]["kwargs"])
         assert set(statuses(session_factory).values()) == {"succeeded"}
         assert requests_mock.call_count == 1 + len(rest)
