@@ -31,8 +31,6 @@ if TYPE_CHECKING:
 # (once a lease, when the lease is longer), as the inbox sweep does: a lost wake-up is never
 # noticed more than this late.
 MAX_RESEND_WAIT = dt.timedelta(minutes=5)
-# A batch wake-up names at most this many deliveries (a few KiB of JSON).
-WAKEUP_BATCH = 100
 
 
 def callback_body(event: Event, meeting: Meeting, webhook: Webhook) -> dict[str, Any]:
@@ -183,15 +181,14 @@ def mark_enqueued(session: Session, ids: Sequence[int], now: dt.datetime) -> Non
 
 
 def wakeup_messages(delivery_ids: Sequence[int]) -> list[dict[str, Any]]:
-    """Return the `deliver` messages that wake these deliveries: one per WAKEUP_BATCH of them.
+    """Return the `deliver` messages that wake these deliveries, folded as after a commit.
 
-    One message is enough to bring a whole deliveries pool to a batch (its task widens while
-    more is due, `workers.tasks.deliveries`). The first id of each goes as `delivery_id`, so
-    that a worker of the previous release (which reads no other argument) still sends that
-    one; the sweep re-sends it the others.
+    One message names up to `wakeups.BATCH_LIMIT` of them, and one is enough to bring a whole
+    deliveries pool to a batch (its task widens while more is due, `workers.delivery_drain`).
     """
-    messages: list[dict[str, Any]] = []
-    for start in range(0, len(delivery_ids), WAKEUP_BATCH):
-        first, *more = delivery_ids[start : start + WAKEUP_BATCH]
-        messages.append({"delivery_id": first, **({"more_delivery_ids": more} if more else {})})
-    return messages
+    return [
+        kwargs
+        for _, kwargs in wakeups.fold(
+            [(task_names.DELIVER, {"delivery_id": i}) for i in delivery_ids]
+        )
+    ]
