@@ -14,7 +14,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.db import is_sqlite, utcnow
+from core.db import is_sqlite, make_engine, utcnow
 from core.models import Alert, AlertType, Delivery
 from core.services import alerts, delivery_states, outbox
 from core.services.outbound_http import Outcome
@@ -293,3 +293,59 @@ class TestSuccessAndRules:
         assert record(session_factory, claimed, OK) == delivery_states.Recorded(status="succeeded")
         assert rule_queries == []
         assert recoveries(session_factory) == []
+
+
+def add_rule_elsewhere(database_url: str, user_id: int, rule_type: AlertType) -> int:
+    """Create a rule as another process would: its own engine, its own committed transaction."""
+    other = make_engine(database_url)
+    try:
+        with sessionmaker(bind=other).begin() as session:
+            return alerts.create_rule(
+                session,
+                user_id,
+                type=rule_type,
+                params={},
+                callback_url="https://alerts.example.com/in",
+            ).id
+    finally:
+        other.dispose()
+
+
+def alerts_of(session_factory: sessionmaker[Session], rule_type: AlertType) -> list[Alert]:
+    with session_factory() as session:
+        return list(session.scalars(sa.select(Alert).where(Alert.type == str(rule_type))))
+
+
+class TestRulesMadeElsewhere:
+    """A rule another process commits just before an attempt's result is recorded fires."""
+
+    def test_a_delivery_failing_for_good_fires_a_rule_made_just_before(
+        self, session_factory: sessionmaker[Session], database_url: str, account: Account
+    ) -> None:
+        delivery_id = make_delivery(session_factory, account.id, HOOK)
+        for _ in SCHEDULE:  # every retry fails, the last one is left
+            claimed = claim_any(session_factory)
+            assert claimed is not None
+            assert record(session_factory, claimed, FAILED) is not None
+            make_due(session_factory, delivery_id)
+        claimed = claim_any(session_factory)
+        assert claimed is not None
+        rule_id = add_rule_elsewhere(database_url, account.id, AlertType.DELIVERY_FAILED)
+        assert record(session_factory, claimed, FAILED) == delivery_states.Recorded(status="failed")
+        (alert,) = alerts_of(session_factory, AlertType.DELIVERY_FAILED)
+        assert alert.rule_id == rule_id
+
+    def test_a_recovery_fires_a_rule_made_just_before(
+        self, session_factory: sessionmaker[Session], database_url: str, account: Account
+    ) -> None:
+        delivery_id = make_delivery(session_factory, account.id, HOOK)
+        first = claim_any(session_factory)
+        assert first is not None
+        record(session_factory, first, FAILED)
+        make_due(session_factory, delivery_id)
+        claimed = claim_any(session_factory)
+        assert claimed is not None
+        rule_id = add_rule_elsewhere(database_url, account.id, AlertType.WEBHOOK_RECOVERED)
+        assert record(session_factory, claimed, OK) == delivery_states.Recorded(status="succeeded")
+        (alert,) = alerts_of(session_factory, AlertType.WEBHOOK_RECOVERED)
+        assert alert.rule_id == rule_id
