@@ -51,7 +51,7 @@ class Claim:
     """A leased delivery: everything `send` needs, and the lease that fences `record`.
 
     `more_due` says whether another delivery was due and free when it was claimed: the
-    queue is not empty (`workers.tasks.deliveries` then keeps claiming, and widens).
+    queue is not empty (`workers.delivery_drain` then keeps claiming, and widens).
     """
 
     delivery_id: int
