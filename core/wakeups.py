@@ -23,7 +23,11 @@ WakeUp = tuple[str, dict[str, Any]]
 # A batch message names at most this many rows.
 BATCH_LIMIT = 100
 # Wake-ups that fold into one message: task -> (its batch task, the id argument, the list one).
-BATCHES = {task_names.PROCESS_EVENT: (task_names.PROCESS_EVENTS, "event_id", "event_ids")}
+# `deliver` is its own batch task: its batch keeps the first id as `delivery_id`.
+BATCHES = {
+    task_names.PROCESS_EVENT: (task_names.PROCESS_EVENTS, "event_id", "event_ids"),
+    task_names.DELIVER: (task_names.DELIVER, "delivery_id", "more_delivery_ids"),
+}
 
 
 def note(session: Session, task_name: str, **kwargs: Any) -> None:
@@ -46,7 +50,10 @@ def fold(wake_ups: list[WakeUp]) -> list[WakeUp]:
     """Fold wake-ups of a batchable task into batch messages, where the first of them stood.
 
     A lone wake-up stays a message of its own task, so a worker that does not know the batch
-    task yet (a rolling upgrade) still gets it.
+    task yet (a rolling upgrade) still gets it. A task that is its own batch task (`deliver`)
+    gets the first id of each batch under its single argument and the others in the list: a
+    worker of the release before, which reads only the first, still sends that one, and the
+    sweep wakes the others a lease later.
     """
     slots: list[WakeUp | str] = []  # a wake-up, or the name of a task whose batch goes here
     ids: dict[str, list[Any]] = {}
@@ -68,10 +75,13 @@ def fold(wake_ups: list[WakeUp]) -> list[WakeUp]:
         if len(names) == 1:
             folded.append((slot, {one: names[0]}))
             continue
-        folded += [
-            (batch_task, {many: names[i : i + BATCH_LIMIT]})
-            for i in range(0, len(names), BATCH_LIMIT)
-        ]
+        for i in range(0, len(names), BATCH_LIMIT):
+            chunk = names[i : i + BATCH_LIMIT]
+            if batch_task != slot:
+                folded.append((batch_task, {many: chunk}))
+            else:
+                first, *more = chunk
+                folded.append((slot, {one: first, **({many: more} if more else {})}))
     return folded
 
 

@@ -10,6 +10,8 @@ process for a threads pool; a process that dies mid-task is forgotten at the nex
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from celery.signals import task_postrun, task_prerun, worker_init
@@ -54,3 +56,18 @@ def task_ended(task: Any, **_kwargs: Any) -> None:
     setattr(task.request, _STARTED, None)
     POOL_BUSY.labels(pool=_pool).dec()
     POOL_BUSY_SECONDS.labels(pool=_pool).inc(time.monotonic() - started)
+
+
+@contextmanager
+def extra_thread_busy() -> Iterator[None]:
+    """Count work a task hands to a thread of its own (a delivery drain's lane) as busy."""
+    if _pool is None:
+        yield
+        return
+    started = time.monotonic()
+    POOL_BUSY.labels(pool=_pool).inc()
+    try:
+        yield
+    finally:
+        POOL_BUSY.labels(pool=_pool).dec()
+        POOL_BUSY_SECONDS.labels(pool=_pool).inc(time.monotonic() - started)

@@ -9,18 +9,17 @@ alert URL that fails would alert about itself for ever.
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 
 import sqlalchemy as sa
 
-from core.models import AlertType, Delivery, DeliveryAttempt, Event, Meeting, Webhook
+from core.models import AlertRule, AlertType, Delivery, DeliveryAttempt, Event, Meeting, Webhook
 from core.services import alerts
 from core.validation import isoformat
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
-
-    from core.models import AlertRule
 
 # Attempts whose result nobody knows: they neither count as failures nor end a streak.
 UNKNOWN_RESULTS = ("in-progress", "interrupted")
@@ -77,14 +76,42 @@ def attempt_failed(session: Session, delivery: Delivery, now: dt.datetime) -> No
             _fire_for_delivery(session, rule, delivery, text=text, data=attempts, now=now)
 
 
-def attempt_succeeded(session: Session, delivery: Delivery, now: dt.datetime) -> None:
+@dataclass(frozen=True)
+class Succeeded:
+    """A delivery the success path just ended, as its UPDATE returned it (`success_columns`)."""
+
+    id: int
+    user_id: int
+    event_id: int | None
+    alert_id: int | None
+    webhook_id: int | None
+    # `watches_recoveries`, read by that same statement: could a rule fire at all? (Only
+    # columns come back: SQLite 3.40 answers `col IS NULL` wrongly inside RETURNING.)
+    watched: bool
+
+
+def success_columns(deliveries: sa.Table) -> list[sa.ColumnElement[Any]]:
+    """Return what an UPDATE of `deliveries` must RETURN to build a `Succeeded`."""
+    c = deliveries.c
+    return [
+        c.id,
+        c.user_id,
+        c.event_id,
+        c.alert_id,
+        c.webhook_id,
+        watches_recoveries(deliveries).label("watched"),
+    ]
+
+
+def attempt_succeeded(session: Session, delivery: Succeeded, now: dt.datetime) -> None:
     """An attempt succeeded: `webhook.recovered` when it ends a failing streak.
 
     The streak is the webhook's (one meeting's callback for one event type, the registration
     that a 410 disables): the attempts made to it before this success, across its
     deliveries, newest first, up to the last success. One failed attempt is a streak.
+    Unless `delivery.watched`, no rule can fire, and nothing is queried.
     """
-    if not _is_callback(delivery) or delivery.webhook_id is None:
+    if not delivery.watched or not _is_callback(delivery) or delivery.webhook_id is None:
         return
     rules = alerts.live_rules(session, delivery.user_id, AlertType.WEBHOOK_RECOVERED)
     if not rules:
@@ -133,6 +160,24 @@ def attempt_succeeded(session: Session, delivery: Delivery, now: dt.datetime) ->
             meeting_id=webhook.meeting_id,
             about_delivery_id=delivery.id,
         )
+
+
+def watches_recoveries(deliveries: sa.Table) -> sa.ColumnElement[bool]:
+    """Say in SQL whether the user of a row of `deliveries` has a live `webhook.recovered` rule.
+
+    The rules `alerts.live_rules` returns. The success path folds this into its UPDATE, so a
+    success of a user without such a rule costs no query; a rule committed before that
+    statement is seen by it, as by the query it replaces (same transaction, same snapshot).
+    """
+    rules = cast("sa.Table", AlertRule.__table__)
+    # Spelled out as `deliveries.user_id`: inside RETURNING, SQLAlchemy's SQLite compiler
+    # drops table names, and a bare `user_id` would be the rule's own.
+    owner: sa.ColumnElement[int] = sa.literal_column(f"{deliveries.name}.user_id")
+    return sa.exists().where(
+        rules.c.user_id == owner,
+        rules.c.type == str(AlertType.WEBHOOK_RECOVERED),
+        rules.c.deleted_at.is_(None),
+    )
 
 
 def webhook_disabled(session: Session, webhook: Webhook, now: dt.datetime) -> None:
@@ -185,7 +230,7 @@ def meeting_ended(session: Session, meeting: Meeting, now: dt.datetime) -> None:
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def _is_callback(delivery: Delivery) -> bool:
+def _is_callback(delivery: Delivery | Succeeded) -> bool:
     return delivery.alert_id is None and delivery.event_id is not None
 
 

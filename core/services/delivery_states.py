@@ -7,8 +7,13 @@ retry). The lease (`locked_until`) keeps two workers from sending the same deliv
 a worker that dies mid-attempt leaves the lease to expire, and the sweep hands the delivery
 to another worker with the same `webhook-id`.
 
+The hot path is Core statements, not ORM loads (`delivery_statements`): a claim is one
+UPDATE ... RETURNING, a success one UPDATE fenced by the lease. The rare turns (a disabled
+webhook, attempts used up, a retry to schedule, a failure, an alert rule to consult) load the
+ORM objects and go the long way.
+
 Every status change with a consequence is one function here: `fail` (the only way into
-`failed`, and the only caller of `alert_triggers.delivery_failed`), `_succeed` and
+`failed`, and the only caller of `alert_triggers.delivery_failed`), `_record_success` and
 `_schedule_retry`. Callbacks and alerts share all of it; only a callback has a webhook that a
 410 can disable.
 """
@@ -19,13 +24,15 @@ import datetime as dt
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from core.db import utcnow
 from core.models import Delivery, DeliveryAttempt, User, Webhook
 from core.services import accounts, alert_triggers
+from core.services import delivery_statements as sql
+from core.services.delivery_statements import WEBHOOK_DISABLED
 from core.services.outbound_http import MAX_RETRY_AFTER, Outcome
 
 if TYPE_CHECKING:
@@ -35,16 +42,17 @@ if TYPE_CHECKING:
 
 JITTER = 0.2
 RETRY_AFTER_STATUSES = (429, 503)
-IN_PROGRESS = "in-progress"
-INTERRUPTED = "interrupted"
-WEBHOOK_DISABLED = "webhook-disabled"
 
 _jitter_source = random.SystemRandom()
 
 
 @dataclass(frozen=True)
 class Claim:
-    """A leased delivery: everything `send` needs, and the lease that fences `record`."""
+    """A leased delivery: everything `send` needs, and the lease that fences `record`.
+
+    `more_due` says whether another delivery was due and free when it was claimed: the
+    queue is not empty (`workers.delivery_drain` then keeps claiming, and widens).
+    """
 
     delivery_id: int
     attempt_id: int
@@ -53,6 +61,7 @@ class Claim:
     callback_url: str
     body: str
     secrets: tuple[str, ...]
+    more_due: bool = False
 
 
 @dataclass(frozen=True)
@@ -82,63 +91,100 @@ def claim(
     max_attempts: int | None = None,
     now: dt.datetime | None = None,
 ) -> Claim | None:
-    """Lease a due delivery and open its attempt row; None if it is not ours to send now.
+    """Lease this delivery if it is due and open its attempt row; None if it is not ours now."""
+    return claim_next(session, among=[delivery_id], lease=lease, max_attempts=max_attempts, now=now)
 
-    The row lock (PostgreSQL) or the write lock that BEGIN IMMEDIATE takes (SQLite) makes
-    the check-and-lease atomic, so two workers never both claim the same delivery. A
-    delivery whose attempts are all used up (its workers kept dying mid-attempt, so no
-    result ever scheduled the next one) fails here instead of looping forever. `now` pins
-    the time for tests; workers leave it out, so the clock is read once the lock is held.
+
+def claim_next(
+    session: Session,
+    *,
+    among: Sequence[int] | None = None,
+    lease: dt.timedelta,
+    max_attempts: int | None = None,
+    now: dt.datetime | None = None,
+) -> Claim | None:
+    """Lease the oldest due delivery (one of `among`, if given) and open its attempt row.
+
+    None when none is due and free. A delivery another worker holds (its lease, or its row
+    lock) is never handed out, so two workers never both claim one. A delivery whose webhook
+    a 410 disabled, or whose attempts are all used up (its workers kept dying mid-attempt, so
+    no result ever scheduled the next one), fails here without a request, and the next due
+    one is claimed instead. `now` pins the time for tests; workers leave it out, so the clock
+    is read once the transaction holds its locks (SQLite's is taken by BEGIN IMMEDIATE).
     """
-    delivery = session.get(Delivery, delivery_id, with_for_update=True, populate_existing=True)
-    # Only now, with the lock held: waiting for it can take longer than the lease, and a
-    # lease counted from before the wait would run out mid-attempt and let a second
-    # worker send the same delivery at the same time.
+    connection = session.connection()
+    together = connection.dialect.name == "postgresql"
+    statement: sa.Executable
+    if together:
+        statement = sql.CLAIM_AND_OPEN_ANY if among is None else sql.CLAIM_AND_OPEN_NAMED
+    else:
+        statement = sql.CLAIM_ANY if among is None else sql.CLAIM_NAMED
+    # Only now, with SQLite's write lock held: waiting for it can take longer than the
+    # lease, and a lease counted from before the wait would run out mid-attempt and let a
+    # second worker send the same delivery at the same time.
     now = utcnow() if now is None else now
-    if (
-        delivery is None
-        or delivery.status != "pending"
-        or delivery.next_attempt_at is None
-        or delivery.next_attempt_at > now
-        or (delivery.locked_until is not None and delivery.locked_until > now)
-    ):
-        return None
-    # A previous claim whose lease ran out never recorded its result: its worker died.
-    session.execute(
-        sa.update(DeliveryAttempt)
-        .where(DeliveryAttempt.delivery_id == delivery.id, DeliveryAttempt.error == IN_PROGRESS)
-        .values(error=INTERRUPTED)
-    )
-    webhook = session.get(Webhook, delivery.webhook_id) if delivery.webhook_id else None
-    if webhook is not None and webhook.disabled_at is not None:
+    while True:
+        params: dict[str, Any] = {"now": now, "lease": now + lease}
+        if among is not None:
+            params["among"] = list(among)
+        row = connection.execute(statement, params).one_or_none()
+        if row is None:
+            return None
+        opened = row.attempt_id if together else None
+        if row.interrupted:
+            # A previous claim whose lease ran out never recorded its result: its worker died.
+            connection.execute(sql.MARK_INTERRUPTED, {"claimed_id": row.id, "opened": opened})
+        disabled = row.webhook_disabled_at is not None
+        if disabled or (max_attempts is not None and row.attempt_count > max_attempts):
+            if opened is not None:
+                # Not sent after all: a disabled webhook's attempt says so, no attempt left
+                # makes no attempt.
+                connection.execute(
+                    sql.NOT_SENT if disabled else sql.DROP_ATTEMPT, {"opened": opened}
+                )
+            _fail_at_claim(session, row.id, note_disabled=disabled and opened is None, now=now)
+            continue
+        if opened is None:
+            opened = connection.execute(
+                sql.OPEN_ATTEMPT, {"claimed_id": row.id, "now": now}
+            ).scalar_one()
+        # A transient User, never added to the session: the rotation rule stays in one place.
+        signer = User(
+            signing_secret=row.secret,
+            previous_signing_secret=row.previous_secret,
+            previous_secret_valid_until=row.previous_valid_until,
+        )
+        return Claim(
+            delivery_id=row.id,
+            attempt_id=opened,
+            lease=row.locked_until,
+            message_id=row.message_id,
+            callback_url=row.callback_url,
+            body=row.body,
+            secrets=tuple(accounts.active_signing_secrets(signer, now=now)),
+            more_due=bool(row.more_due),
+        )
+
+
+def _fail_at_claim(
+    session: Session, delivery_id: int, *, note_disabled: bool, now: dt.datetime
+) -> None:
+    """End a delivery the claim just leased without sending it: its webhook, or no attempt left.
+
+    `note_disabled` adds the attempt row that says its webhook is disabled (PostgreSQL's
+    claim turned its own attempt row into that one already).
+    """
+    delivery = session.get(Delivery, delivery_id, populate_existing=True)
+    if delivery is None:
+        return
+    delivery.attempt_count -= 1  # the claim counted an attempt that is not made
+    if note_disabled:
         # The receiver answered 410 to another delivery of this webhook: never call it again.
         session.add(
             DeliveryAttempt(delivery_id=delivery.id, attempted_at=now, error=WEBHOOK_DISABLED)
         )
-        fail(session, delivery, now)
-        return None
-    if max_attempts is not None and delivery.attempt_count >= max_attempts:
-        fail(session, delivery, now)
-        return None
-    user = session.get(User, delivery.user_id)
-    if user is None:
-        return None
-    delivery.attempt_count += 1
-    delivery.locked_until = now + lease
-    # Its wake-up arrived: the sweep's back-off starts over.
-    delivery.enqueue_count = 0
-    attempt = DeliveryAttempt(delivery_id=delivery.id, attempted_at=now, error=IN_PROGRESS)
-    session.add(attempt)
+    fail(session, delivery, now)
     session.flush()
-    return Claim(
-        delivery_id=delivery.id,
-        attempt_id=attempt.id,
-        lease=delivery.locked_until,
-        message_id=delivery.message_id,
-        callback_url=delivery.callback_url,
-        body=delivery.body,
-        secrets=tuple(accounts.active_signing_secrets(user, now=now)),
-    )
 
 
 def retry_delay(
@@ -179,12 +225,18 @@ def record(
     `now` pins the time for tests; workers leave it out, so the clock is read once the
     lock is held and a retry's wait is not shortened by the wait for the lock.
     """
-    attempt = session.get(DeliveryAttempt, claimed.attempt_id)
-    if attempt is not None:
-        attempt.status_code = outcome.status_code
-        attempt.latency_ms = outcome.latency_ms
-        attempt.error = outcome.error
-        attempt.response_body = outcome.response_body
+    connection = session.connection()
+    logged = {
+        "attempt": claimed.attempt_id,
+        "code": outcome.status_code,
+        "latency": outcome.latency_ms,
+        "failure": outcome.error,
+        "answer": outcome.response_body,
+    }
+    if outcome.succeeded:
+        now = utcnow() if now is None else now
+        return _record_success(session, claimed, logged, now)
+    connection.execute(sql.RECORD_ATTEMPT, logged)
     delivery = session.get(
         Delivery, claimed.delivery_id, with_for_update=True, populate_existing=True
     )
@@ -195,9 +247,6 @@ def record(
         # Our lease ran out and another worker holds the delivery now: its result decides.
         return Recorded(status=delivery.status, stale=True)
     delivery.locked_until = None
-    if outcome.succeeded:
-        _succeed(session, delivery, now)
-        return Recorded(status="succeeded")
     if outcome.status_code == 410:
         disabled = _disable_webhook(session, delivery, now)
         fail(session, delivery, now)
@@ -216,6 +265,32 @@ def record(
     return Recorded(status="pending", next_attempt_at=delivery.next_attempt_at)
 
 
+def _record_success(
+    session: Session, claimed: Claim, logged: dict[str, Any], now: dt.datetime
+) -> Recorded | None:
+    """Mark the delivery succeeded if our lease still holds it, and tell the alert triggers.
+
+    One UPDATE, fenced by the lease (the row lock it takes makes the check and the change
+    one step). It also reads whether the user has a live `webhook.recovered` rule, so that
+    `alert_triggers.attempt_succeeded` queries nothing for a user without one.
+    """
+    connection = session.connection()
+    fenced = {"ended": claimed.delivery_id, "lease": claimed.lease, "now": now}
+    if connection.dialect.name == "postgresql":
+        ended = connection.execute(sql.SUCCEED_AND_LOG, {**fenced, **logged}).one_or_none()
+    else:
+        connection.execute(sql.RECORD_ATTEMPT, logged)
+        ended = connection.execute(sql.SUCCEED, fenced).one_or_none()
+    if ended is None:
+        status = connection.scalar(
+            sa.select(Delivery.status).where(Delivery.id == claimed.delivery_id)
+        )
+        # Gone (its user was deleted), or our lease ran out and another worker holds it.
+        return None if status is None else Recorded(status=status, stale=True)
+    alert_triggers.attempt_succeeded(session, alert_triggers.Succeeded(**ended._asdict()), now)
+    return Recorded(status="succeeded")
+
+
 def fail(session: Session, delivery: Delivery, now: dt.datetime) -> None:
     """Move a delivery into `failed` for good; the one transition into that state.
 
@@ -223,11 +298,6 @@ def fail(session: Session, delivery: Delivery, now: dt.datetime) -> None:
     """
     _complete(delivery, "failed", now)
     alert_triggers.delivery_failed(session, delivery, now)
-
-
-def _succeed(session: Session, delivery: Delivery, now: dt.datetime) -> None:
-    _complete(delivery, "succeeded", now)
-    alert_triggers.attempt_succeeded(session, delivery, now)
 
 
 def _schedule_retry(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import http.cookiejar as http_cookiejar
 import logging
 import time
 from collections.abc import Sequence
@@ -65,12 +66,15 @@ def make_http_session(
     """Return a pooled HTTP session whose every connection passes the SSRF guard.
 
     No proxies from the environment (a proxy would resolve names past the guard), no
-    retries inside requests (retries are rows with `next_attempt_at`), no redirects.
+    retries inside requests (retries are rows with `next_attempt_at`), no redirects, no
+    cookies.
     `pool_maxsize` is the idle connections kept per receiver, and as many receivers are
     kept: one thread each, when every thread of a pool that size calls a different one.
     """
     http = requests.Session()
     http.trust_env = False
+    # No cookie is kept: a receiver's Set-Cookie must not ride along on later callbacks.
+    http.cookies.set_policy(http_cookiejar.DefaultCookiePolicy(allowed_domains=[]))
     adapter = ssrf.GuardedAdapter(
         allowed_networks,
         pool_connections=max(10, pool_maxsize),
@@ -97,13 +101,17 @@ def send(
     started = time.monotonic()
     with http_deadline.limit(2 * timeout) as deadline:
         try:
-            response = http.post(
-                claimed.callback_url,
+            # Prepared here rather than by `http.post`: the session has no cookies, auth or
+            # hooks to merge, and that merging cost more than the request's own preparation.
+            request = requests.PreparedRequest()
+            request.prepare(
+                method="POST",
+                url=claimed.callback_url,
+                headers={**http.headers, **headers},
                 data=claimed.body.encode(),
-                headers=headers,
-                timeout=(timeout, timeout),
-                allow_redirects=False,
-                stream=True,
+            )
+            response = http.send(
+                request, timeout=(timeout, timeout), allow_redirects=False, stream=True
             )
         except (ssrf.CallbackUrlRefused, requests.RequestException) as exc:
             failure = "timeout" if deadline.expired else error_class(exc)

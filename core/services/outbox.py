@@ -178,3 +178,17 @@ def mark_enqueued(session: Session, ids: Sequence[int], now: dt.datetime) -> Non
                 enqueue_count=sa.case((resent, Delivery.enqueue_count + 1), else_=0),
             )
         )
+
+
+def wakeup_messages(delivery_ids: Sequence[int]) -> list[dict[str, Any]]:
+    """Return the `deliver` messages that wake these deliveries, folded as after a commit.
+
+    One message names up to `wakeups.BATCH_LIMIT` of them, and one is enough to bring a whole
+    deliveries pool to a batch (its task widens while more is due, `workers.delivery_drain`).
+    """
+    return [
+        kwargs
+        for _, kwargs in wakeups.fold(
+            [(task_names.DELIVER, {"delivery_id": i}) for i in delivery_ids]
+        )
+    ]

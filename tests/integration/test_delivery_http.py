@@ -103,6 +103,20 @@ class TestRealReceiver:
         errors = [a.error for a in attempts(session_factory, delivery_id)]
         assert errors == ["connection-error", None]
 
+    def test_a_cookie_a_receiver_sets_is_never_sent_back(
+        self,
+        receiver: CallbackReceiver,
+        attempt: Callable[[int], delivery_states.Recorded | None],
+        session_factory: sessionmaker[Session],
+        account: Account,
+    ) -> None:
+        first, second = (make_delivery(session_factory, account.id, receiver.url()) for _ in "ab")
+        receiver.answer(Answer(status=204, headers={"Set-Cookie": "session=abc; Path=/"}))
+        assert attempt(first) == delivery_states.Recorded(status="succeeded")
+        assert attempt(second) == delivery_states.Recorded(status="succeeded")
+        got = receiver.wait_for(2)
+        assert [request.headers.get("cookie") for request in got] == [None, None]
+
     def test_slow_receiver_times_out(
         self,
         receiver: CallbackReceiver,

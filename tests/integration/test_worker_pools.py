@@ -19,7 +19,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.models import Delivery, DeliveryAttempt
 from core.services import accounts
-from core.services.delivery_states import IN_PROGRESS, lease_duration
+from core.services.delivery_statements import IN_PROGRESS
+from core.services.delivery_states import lease_duration
 from tests.callback_receiver import Answer, CallbackReceiver, Received
 from tests.deliveries_helpers import make_delivery, make_meeting_with_hooks
 from tests.integration.conftest import PoolsWorker, count, wait_or_show_logs

@@ -299,6 +299,18 @@ class TestFold:
             (task_names.PROCESS_EVENT, {"event_id": 3, "trace_id": "t"}),
         ]
 
+    def test_deliver_wake_ups_fold_into_deliver_messages_the_previous_release_reads(
+        self,
+    ) -> None:
+        wake_ups = [(task_names.DELIVER, {"delivery_id": n}) for n in range(1, 203)]
+        folded = wakeups.fold(wake_ups)
+        assert [name for name, _ in folded] == [task_names.DELIVER] * 3
+        # The first of each batch where a worker of the previous release looks for it.
+        assert [kwargs["delivery_id"] for _, kwargs in folded] == [1, 101, 201]
+        assert folded[0][1]["more_delivery_ids"] == list(range(2, 101))
+        assert folded[2][1] == {"delivery_id": 201, "more_delivery_ids": [202]}
+        assert wakeups.fold(wake_ups[:1]) == [(task_names.DELIVER, {"delivery_id": 1})]
+
     def test_a_transaction_that_noted_several_events_sends_one_batch(
         self, app: Flask, enqueued: Enqueued
     ) -> None:

@@ -1,4 +1,10 @@
-"""Callback delivery tasks: send one delivery, and the sweep that finds due ones."""
+"""Callback delivery tasks: `deliver` (a wake-up) and the sweep that finds what is due.
+
+A `deliver` message names deliveries that became due (one, or a batch); the task sends each
+that is still due and then drains whatever else is due over the pool's threads
+(`workers.delivery_drain`). The sweep wakes what no message woke: retries, lost messages, and
+the deliveries of dead workers once their leases have run out.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +12,17 @@ import logging
 import os
 import random
 import threading
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from celery import shared_task
 from sqlalchemy.exc import OperationalError
 
-from core import metrics, task_names
+from core import task_names
 from core.db import utcnow
 from core.services import delivery_states, outbound_http, outbox
 from workers.celery_app import DELIVERIES_QUEUE, DbTask
+from workers.delivery_drain import attempt, run_deliveries, stopping
 
 if TYPE_CHECKING:
     import requests
@@ -77,24 +85,7 @@ def run_delivery(
         )
     if claimed is None:
         return None
-    outcome = outbound_http.send(http, claimed, timeout=settings.callback_timeout_seconds)
-    metrics.delivery_attempted(outcome)
-    with session_factory.begin() as session:
-        recorded = delivery_states.record(
-            session,
-            claimed,
-            outcome,
-            schedule=settings.retry_schedule,
-            rng=rng,
-        )
-    log.info(
-        "workers.delivery.attempted delivery=%s status=%s error=%s outcome=%s",
-        delivery_id,
-        outcome.status_code,
-        outcome.error,
-        recorded.status if recorded else None,
-    )
-    return recorded
+    return attempt(session_factory.begin, claimed, settings=settings, http=http, rng=rng)
 
 
 @shared_task(  # type: ignore[untyped-decorator]  # celery ships no annotations
@@ -112,10 +103,25 @@ def run_delivery(
     soft_time_limit=SOFT_TIME_LIMIT,
     time_limit=TIME_LIMIT,
 )
-def deliver(self: DbTask, delivery_id: int, **_compat: object) -> None:
-    """Attempt one callback delivery; a no-op unless it is due and not held by another worker."""
+def deliver(
+    self: DbTask,
+    delivery_id: int | None = None,
+    more_delivery_ids: Sequence[int] = (),
+    **_compat: object,
+) -> None:
+    """Send the named deliveries that are due, then whatever else is due (module doc).
+
+    Messages of the previous release (`delivery_id` alone) still mean the same thing; a
+    message with no id at all continues a drain that ran out of time.
+    """
     settings = self.get_settings()
-    run_delivery(self.session_factory, delivery_id, settings=settings, http=http_session(settings))
+    named = ([] if delivery_id is None else [delivery_id]) + list(more_delivery_ids)
+    _, unfinished = run_deliveries(
+        self.session_factory, named, settings=settings, http=http_session(settings)
+    )
+    if unfinished and not stopping():
+        # Sent now, not noted: no transaction of ours caused it. Lost, the sweep stands in.
+        deliver.apply_async(kwargs={}, queue=DELIVERIES_QUEUE)
 
 
 @shared_task(  # type: ignore[untyped-decorator]  # celery ships no annotations
@@ -136,8 +142,8 @@ def sweep_deliveries(self: DbTask, **_compat: object) -> int:
         )
         outbox.mark_enqueued(session, ids, now)
     # Sent here, not noted: the commit above recorded the wake-ups (`last_enqueued_at`).
-    for delivery_id in ids:
-        deliver.apply_async(kwargs={"delivery_id": delivery_id}, queue=DELIVERIES_QUEUE)
+    for kwargs in outbox.wakeup_messages(ids):
+        deliver.apply_async(kwargs=kwargs, queue=DELIVERIES_QUEUE)
     if ids:
         log.info("workers.sweep.deliveries woke=%d", len(ids))
     return len(ids)

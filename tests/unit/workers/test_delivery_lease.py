@@ -1,4 +1,9 @@
-"""The lease is counted from when the claim holds the lock, not from before the wait for it."""
+"""The lease is counted from when the claim holds the lock, not from before the wait for it.
+
+SQLite: a claim waits for the database's write lock, and counts its lease from then.
+PostgreSQL: a claim never waits for a delivery's row lock (FOR NO KEY UPDATE SKIP LOCKED): it
+leaves that delivery to whoever holds it, and a later wake-up leases it from its own claim.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -83,6 +89,8 @@ def test_a_lease_outlasting_a_long_wait_for_the_lock_keeps_a_second_worker_out(
     session_factory: sessionmaker[Session],
     account: Account,
 ) -> None:
+    if not is_sqlite(database_url):
+        pytest.skip("PostgreSQL claims do not wait for a row lock: see the test below")
     local = settings.model_copy(
         update={
             "callback_allowed_networks": (ipaddress.ip_network("127.0.0.0/8"),),
@@ -143,5 +151,48 @@ def test_a_lease_outlasting_a_long_wait_for_the_lock_keeps_a_second_worker_out(
     assert not results["a"].stale  # and A's result was recorded under its own lease
     (attempt,) = attempts(session_factory, delivery_id)
     # The lease was counted from when A held the lock, not from before the wait.
+    assert attempt.attempted_at >= released_at
+    assert load(session_factory, delivery_id).attempt_count == 1
+
+
+def test_a_claim_leaves_a_held_delivery_and_a_later_one_leases_it_from_its_own_claim(
+    receiver: CallbackReceiver,
+    settings: Settings,
+    database_url: str,
+    session_factory: sessionmaker[Session],
+    account: Account,
+) -> None:
+    if is_sqlite(database_url):
+        pytest.skip("SQLite claims wait for the write lock: see the test above")
+    local = settings.model_copy(
+        update={
+            "callback_allowed_networks": (ipaddress.ip_network("127.0.0.0/8"),),
+            "callback_timeout_seconds": TIMEOUT,
+        }
+    )
+    delivery_id = make_delivery(session_factory, account.id, receiver.url())
+    results: dict[str, delivery_states.Recorded | None] = {}
+
+    def worker(name: str) -> None:
+        http = outbound_http.make_http_session(local.callback_allowed_networks)
+        try:
+            results[name] = run_delivery(session_factory, delivery_id, settings=local, http=http)
+        finally:
+            http.close()
+
+    with database_locked(database_url, delivery_id):
+        a = threading.Thread(target=worker, args=("a",), daemon=True)
+        a.start()
+        a.join(PATIENCE)  # the lock is held all along: a claim that waited would still wait
+        assert not a.is_alive(), "the claim waited for the row lock"
+    released_at = utcnow()
+    assert results["a"] is None
+    assert receiver.received == []
+    assert attempts(session_factory, delivery_id) == []
+    worker("b")  # the next wake-up: the sweep's, or the holder's own
+    assert results["b"] == delivery_states.Recorded(status="succeeded")
+    (got,) = receiver.wait_for(1)
+    assert got.headers["webhook-id"] == load(session_factory, delivery_id).message_id
+    (attempt,) = attempts(session_factory, delivery_id)
     assert attempt.attempted_at >= released_at
     assert load(session_factory, delivery_id).attempt_count == 1
