@@ -81,10 +81,10 @@ def test_presenter_token_is_redacted_in_the_request_line_path_and_referer(
     lines = access.read_text().splitlines()
     assert len(lines) == 2
     assert all(TOKEN not in line for line in lines)
-    assert lines[0] == (
+    assert (
         '127.0.0.1 "GET /presenter/<redacted> HTTP/1.1" 200 path=/presenter/<redacted> query= "-"'
         ' auth="-"'
-    )
+    ) in lines[0]
     assert '"http://127.0.0.1:8000/presenter/<redacted>"' in lines[1]
 
 
@@ -112,10 +112,11 @@ def test_other_requests_are_logged_unchanged(
     logger, access, _ = gunicorn_logs
     _access(logger, "GET", "/v1/webhooks/deliveries?meetingId=1&status=failed")
     _flush()
-    assert access.read_text() == (
+    (line,) = access.read_text().splitlines()
+    assert (
         '127.0.0.1 "GET /v1/webhooks/deliveries?meetingId=1&status=failed HTTP/1.1" 200'
-        ' path=/v1/webhooks/deliveries query=meetingId=1&status=failed "-" auth="-"\n'
-    )
+        ' path=/v1/webhooks/deliveries query=meetingId=1&status=failed "-" auth="-"'
+    ) in line
 
 
 def test_gunicorns_error_log_is_redacted_too(

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from core import logs
 from core.models import AccessToken, User
 from core.security import hash_token
 from meetinghooks import cli
@@ -297,6 +298,7 @@ def test_supervise_starts_again_a_child_that_ends_after_running_a_while(
         "sys.exit(3)\n"
     )
     sibling = "import time; time.sleep(60)"
+    logs.configure("text")  # as `worker` and `run` do, on the captured stderr
     status = cli._supervise(
         [[sys.executable, "-c", sibling], [sys.executable, "-c", child]],
         dict(os.environ),
@@ -305,4 +307,6 @@ def test_supervise_starts_again_a_child_that_ends_after_running_a_while(
     )
     assert status == 1  # the third start ended at once: broken, everything stopped
     assert starts.read_text() == "xxx"
-    assert capsys.readouterr().err.count("ended with status 3") == 2
+    restarts = [line for line in capsys.readouterr().err.splitlines() if "child.restarted" in line]
+    assert len(restarts) == 2
+    assert all("status=3" in line for line in restarts)
