@@ -128,7 +128,8 @@ def _gunicorn_argv(settings: Settings) -> list[str]:
         # Presenter links are one-time secrets in the path: the access log shows them redacted.
         # LOG_FORMAT=json makes its lines JSON, the access log's with their fields.
         "--logger-class", "meetinghooks.access_log.RedactingLogger",
-        # SIGTERM: stop accepting, let requests in flight finish for this long, then exit.
+        # SIGTERM: refuse new connections, let requests in flight finish for this long, exit.
+        "-c", "python:meetinghooks.gunicorn_config",
         "--graceful-timeout", str(settings.graceful_timeout_seconds or SERVE_GRACEFUL_SECONDS),
         "--forwarded-allow-ips", os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
     ]  # fmt: skip
