@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,14 +22,27 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from flask import Flask
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.config import Settings
-from core.models import Event
-from tests.integration.conftest import ROOT, answers_ok, count, free_port, wait_until
+from core.db import is_sqlite
+from core.models import Delivery, Event
+from core.services import accounts
+from tests.callback_receiver import Answer, CallbackReceiver
+from tests.deliveries_helpers import make_meeting_with_hooks
+from tests.integration.conftest import (
+    ROOT,
+    PoolsWorker,
+    answers_ok,
+    count,
+    free_port,
+    wait_or_show_logs,
+    wait_until,
+)
 from tests.integration.test_event_pipeline import make_meetings
-from tests.platform_events import event_body, new_msg_id, signed_headers
+from tests.platform_events import event_body, new_msg_id, post_event, signed_headers
 
 pytestmark = pytest.mark.integration
 
@@ -160,3 +174,127 @@ def test_a_request_that_outlasts_the_graceful_timeout_is_cut_off_at_it(
     assert time.monotonic() - stopping < 3 + 5
     sock.close()
     assert _stored(it_engine, msg_id) == 0  # never acknowledged: the platform sends it again
+
+
+# Workers ---------------------------------------------------------------------------------
+
+PROCESSED = sa.select(sa.func.count()).select_from(Event).where(Event.processed_at.is_not(None))
+
+
+def _make_user(sessions: sessionmaker[Session]) -> int:
+    with sessions.begin() as session:
+        user, _ = accounts.create_user(session, email="stop@example.com", full_name="Stop")
+        return user.id
+
+
+def _deliveries(engine: Engine) -> list[str]:
+    with engine.connect() as conn:
+        return list(conn.execute(sa.select(Delivery.status).order_by(Delivery.id)).scalars())
+
+
+def _stop(worker: PoolsWorker) -> float:
+    """SIGTERM `meetinghooks worker` as a process manager does; return how long it took to end."""
+    assert worker.process is not None
+    worker.process.send_signal(signal.SIGTERM)
+    stopping = time.monotonic()
+    assert worker.process.wait(timeout=60) == 0, worker.logs()
+    return time.monotonic() - stopping
+
+
+def _hold_write_lock(database_url: str, seconds: float, held: threading.Event) -> None:
+    """Keep every writer of the database waiting for `seconds` (no outage: nothing is cut)."""
+    engine = sa.create_engine(database_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        if is_sqlite(database_url):
+            conn.exec_driver_sql("BEGIN EXCLUSIVE")
+        else:
+            conn.exec_driver_sql("BEGIN")
+            conn.exec_driver_sql("LOCK TABLE events IN EXCLUSIVE MODE")
+        held.set()
+        time.sleep(seconds)
+        conn.exec_driver_sql("ROLLBACK")
+    engine.dispose()
+
+
+def test_sigterm_lets_the_callback_attempt_in_flight_finish(
+    it_app: Flask,
+    it_sessions: sessionmaker[Session],
+    it_engine: Engine,
+    receiver: CallbackReceiver,
+    pools_worker: PoolsWorker,
+) -> None:
+    receiver.default = Answer(status=204, delay=2)  # well within the 3 s callback timeout
+    meeting_id = make_meeting_with_hooks(
+        it_sessions, _make_user(it_sessions), {"meeting.start": receiver.url()}
+    )
+    pools_worker.start()
+    pools_worker.wait_ready()
+    post_event(it_app, meeting_id, "meeting.start")
+    receiver.wait_for(1, timeout=60)  # the attempt is in flight: the answer takes 2 s
+    took = _stop(pools_worker)
+    # Default bound: the longest attempt (2 x CALLBACK_TIMEOUT_SECONDS) + 10 s.
+    assert took < 2 * 3 + 10
+    assert _deliveries(it_engine) == ["succeeded"]
+    assert len(receiver.received) == 1
+
+
+def test_sigterm_lets_the_event_in_flight_be_processed_and_its_callback_sent_later(
+    it_app: Flask,
+    it_settings: Settings,
+    it_sessions: sessionmaker[Session],
+    it_engine: Engine,
+    receiver: CallbackReceiver,
+    pools_worker: PoolsWorker,
+) -> None:
+    meeting_id = make_meeting_with_hooks(
+        it_sessions, _make_user(it_sessions), {"meeting.start": receiver.url()}
+    )
+    post_event(it_app, meeting_id, "meeting.start")  # waits in the broker for a worker
+    held = threading.Event()
+    locker = threading.Thread(
+        target=_hold_write_lock, args=(it_settings.database_url, 8, held), daemon=True
+    )
+    locker.start()
+    assert held.wait(10)
+    pools_worker.start()  # takes the event and waits for the lock
+    wait_or_show_logs(
+        pools_worker,
+        lambda: "process_event" in pools_worker.logs() and "received" in pools_worker.logs(),
+        60,
+        "the worker to take the event",
+    )
+    took = _stop(pools_worker)  # sent while the event is held up by the lock
+    locker.join()
+    assert took < 2 * 3 + 10
+    assert count(it_engine, PROCESSED) == 1  # finished before the worker left
+    # Its callback was left to the next worker: given back, not lost.
+    pools_worker.start()
+    receiver.wait_for(1, timeout=60)
+    wait_until(lambda: _deliveries(it_engine) == ["succeeded"], 30, "the delivery to succeed")
+
+
+def test_an_attempt_that_outlasts_the_bound_is_cut_off_and_sent_again_later(
+    it_app: Flask,
+    it_sessions: sessionmaker[Session],
+    it_engine: Engine,
+    receiver: CallbackReceiver,
+    pools_worker: PoolsWorker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GRACEFUL_TIMEOUT_SECONDS", "1")
+    # The first answer dribbles in until the attempt's deadline; the next is quick.
+    receiver.answer(Answer(status=204, trickle=0.5))
+    meeting_id = make_meeting_with_hooks(
+        it_sessions, _make_user(it_sessions), {"meeting.start": receiver.url()}
+    )
+    pools_worker.start()
+    pools_worker.wait_ready()
+    post_event(it_app, meeting_id, "meeting.start")
+    receiver.wait_for(1, timeout=60)
+    took = _stop(pools_worker)
+    assert took < 1 + 5  # GRACEFUL_TIMEOUT_SECONDS, then killed
+    assert _deliveries(it_engine) == ["pending"]  # claimed, never recorded
+    # Once the claim's lease (3 x 3 + 5 s) runs out, the sweep hands it to a worker again.
+    pools_worker.start()
+    receiver.wait_for(2, timeout=90)
+    wait_until(lambda: _deliveries(it_engine) == ["succeeded"], 30, "the delivery to succeed")
