@@ -108,6 +108,16 @@ def _add_pid(
     return event_dict
 
 
+def _drop_celery_data(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    # Celery passes its message's atoms again as `extra={"data": ...}`: the task's arguments
+    # too, and twice the length of every line for nothing the message does not say.
+    if str(event_dict.get("logger", "")).startswith("celery"):
+        event_dict.pop("data", None)
+    return event_dict
+
+
 def _shared_processors() -> list[Processor]:
     """Return the steps both kinds of record take before rendering."""
     return [
@@ -133,7 +143,7 @@ def formatter(
         )
     return structlog.stdlib.ProcessorFormatter(
         # stdlib records: their `extra=` fields become keys of the event.
-        foreign_pre_chain=[*_shared_processors(), structlog.stdlib.ExtraAdder()],
+        foreign_pre_chain=[*_shared_processors(), structlog.stdlib.ExtraAdder(), _drop_celery_data],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             # Tracebacks become text before redaction, so their secrets are blanked too.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -201,8 +202,8 @@ def _stop(worker: PoolsWorker) -> float:
     return time.monotonic() - stopping
 
 
-def _hold_write_lock(database_url: str, seconds: float, held: threading.Event) -> None:
-    """Keep every writer of the database waiting for `seconds` (no outage: nothing is cut)."""
+def _hold_write_lock(database_url: str, held: threading.Event, release: threading.Event) -> None:
+    """Keep every writer of the database waiting until `release` (no outage: nothing is cut)."""
     engine = sa.create_engine(database_url, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
         if is_sqlite(database_url):
@@ -211,7 +212,7 @@ def _hold_write_lock(database_url: str, seconds: float, held: threading.Event) -
             conn.exec_driver_sql("BEGIN")
             conn.exec_driver_sql("LOCK TABLE events IN EXCLUSIVE MODE")
         held.set()
-        time.sleep(seconds)
+        release.wait(25)  # under SQLite's 30 s busy timeout (core/db.py)
         conn.exec_driver_sql("ROLLBACK")
     engine.dispose()
 
@@ -250,22 +251,27 @@ def test_sigterm_lets_the_event_in_flight_be_processed_and_its_callback_sent_lat
         it_sessions, _make_user(it_sessions), {"meeting.start": receiver.url()}
     )
     post_event(it_app, meeting_id, "meeting.start")  # waits in the broker for a worker
-    held = threading.Event()
+    held, release = threading.Event(), threading.Event()
     locker = threading.Thread(
-        target=_hold_write_lock, args=(it_settings.database_url, 8, held), daemon=True
+        target=_hold_write_lock, args=(it_settings.database_url, held, release), daemon=True
     )
     locker.start()
     assert held.wait(10)
     pools_worker.start()  # takes the event and waits for the lock
-    wait_or_show_logs(
-        pools_worker,
-        lambda: "process_event" in pools_worker.logs() and "received" in pools_worker.logs(),
-        60,
-        "the worker to take the event",
-    )
-    took = _stop(pools_worker)  # sent while the event is held up by the lock
+    taken = re.compile(r"Task workers\.events\.process_events?\[[^]]+\] received")
+    log = pools_worker.workdir / "worker-1.log"
+    wait_or_show_logs(pools_worker, lambda: bool(taken.search(log.read_text())), 60, "the event")
+    time.sleep(1)  # and started: it waits for the lock now
+    process = pools_worker.process
+    assert process is not None
+    process.send_signal(signal.SIGTERM)
+    stopping = time.monotonic()
+    time.sleep(2)
+    assert process.poll() is None  # waiting for the event in flight
+    release.set()
+    assert process.wait(timeout=60) == 0, pools_worker.logs()
     locker.join()
-    assert took < 2 * 3 + 10
+    assert time.monotonic() - stopping < 2 * 3 + 10
     assert count(it_engine, PROCESSED) == 1  # finished before the worker left
     # Its callback was left to the next worker: given back, not lost.
     pools_worker.start()
