@@ -68,10 +68,20 @@ class RedactingLogger(Logger):  # type: ignore[misc]  # gunicorn ships no annota
 
     def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
         """Log one request: gunicorn's access line as text, or its fields as JSON."""
-        if self.log_format != "json":
-            super().access(resp, req, environ, request_time)
-            return
         if not self.access_log_enabled:
+            return
+        # Set by the app (receiver.request_ids); gunicorn logs after the app has finished.
+        request_id = _header(resp.headers, logs.REQUEST_ID_HEADER.lower())
+        if self.log_format != "json":
+            atoms = self.atoms_wrapper_class(self.atoms(resp, req, environ, request_time))
+            try:  # gunicorn's own access(), with the request id after the line
+                self.access_log.info(
+                    self.cfg.access_log_format,
+                    atoms,
+                    extra={logs.REQUEST_ID: request_id} if request_id else None,
+                )
+            except Exception:  # noqa: BLE001  (as gunicorn's: log and carry on)
+                self.exception("gunicorn.access.failed")
             return
         status = resp.status
         if isinstance(status, str):
@@ -87,8 +97,7 @@ class RedactingLogger(Logger):  # type: ignore[misc]  # gunicorn ships no annota
             "remote_addr": environ.get("REMOTE_ADDR"),
             "user_agent": environ.get("HTTP_USER_AGENT"),
             "referer": environ.get("HTTP_REFERER"),
-            # Set by the app (receiver.request_ids); gunicorn logs after the app has finished.
-            logs.REQUEST_ID: _header(resp.headers, logs.REQUEST_ID_HEADER.lower()),
+            logs.REQUEST_ID: request_id,
         }
         try:
             self.access_log.info(
