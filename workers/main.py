@@ -10,6 +10,7 @@ from celery.signals import worker_init
 
 from core import logs
 from core.config import Settings
+from workers import task_logs  # noqa: F401  (connects the logging signals)
 from workers.celery_app import DbTask, make_celery
 
 settings = Settings.from_env()

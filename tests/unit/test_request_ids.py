@@ -15,7 +15,7 @@ from structlog.contextvars import clear_contextvars
 from core import logs, task_names, wakeups
 from core.config import Settings
 from receiver.tasks import CeleryEnqueuer
-from workers import celery_app
+from workers import celery_app, task_logs
 
 ACCESS_TOKEN = "mhat_Q2lW7Xb1m0cYq3r5t7u9w1y3A5C7E9G1I3K5M7O9Q1S"
 SIGNING_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -167,21 +167,21 @@ class TestWorkerBindsRequestIds:
         self, json_lines: io.StringIO
     ) -> None:
         task = self._task(task_names.PROCESS_EVENTS, ["r1", None, "r1", "r2"])
-        celery_app.bind_task_context(task=task, task_id="t-1", kwargs={"event_ids": [1, 2, 3, 4]})
+        task_logs.bind_task_context(task=task, task_id="t-1", kwargs={"event_ids": [1, 2, 3, 4]})
         assert logs.current_request_ids() == ["r1", "r2"]
         received = [
             (line["event_id"], line.get("request_id"), line["task_id"])
             for line in _parsed(json_lines)
         ]
         assert received == [(1, "r1", "t-1"), (2, None, "t-1"), (3, "r1", "t-1"), (4, "r2", "t-1")]
-        celery_app.unbind_task_context()
+        task_logs.unbind_task_context()
         assert logs.current_request_ids() == []
 
     def test_one_request_binds_request_id_and_junk_is_dropped(
         self, json_lines: io.StringIO
     ) -> None:
         task = self._task(task_names.DELIVER, ["r1", "bad id", 7])
-        celery_app.bind_task_context(task=task, task_id="t-2", kwargs={"delivery_id": 1})
+        task_logs.bind_task_context(task=task, task_id="t-2", kwargs={"delivery_id": 1})
         logs.get_logger("w").info("w.line")
         (line,) = _parsed(json_lines)
         assert line["request_id"] == "r1"
