@@ -14,6 +14,7 @@ from limits import parse_many
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from core.errors import ConfigError
+from core.logs import DEFAULT_LOG_FORMAT, LogFormat, parse_log_format
 from core.signing import signing_key
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -67,6 +68,12 @@ class Settings(BaseModel):
     delivery_concurrency: Annotated[int, Field(ge=1, le=1000)] = 32
     embedded: bool = False
     log_level: str = "INFO"
+    # Every process's lines: human-readable text, or one JSON object a line (core.logs).
+    log_format: LogFormat = DEFAULT_LOG_FORMAT
+    # After SIGTERM: how long `serve` lets requests in flight finish (gunicorn's graceful
+    # timeout) and `worker` lets tasks in flight finish before killing them. None: 30 s for
+    # `serve`, the longest callback attempt (2 x callback_timeout_seconds) + 10 s for `worker`.
+    graceful_timeout_seconds: Annotated[int, Field(ge=1, le=3600)] | None = None
     # Per access token on the /v1 API, and for POST /v1/events (the platform) on its own; None
     # is off. Counters live in RATE_LIMIT_STORAGE_URL, else in a Redis broker (receiver.limits).
     rate_limit_api: str | None = DEFAULT_RATE_LIMIT_API
@@ -79,6 +86,11 @@ class Settings(BaseModel):
     @classmethod
     def _strip_trailing_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _known_log_format(cls, value: object) -> object:
+        return parse_log_format(value) if isinstance(value, str) else value
 
     @field_validator("ingest_signing_secret")
     @classmethod
@@ -170,6 +182,8 @@ class Settings(BaseModel):
             "EVENT_CONCURRENCY": "event_concurrency",
             "DELIVERY_CONCURRENCY": "delivery_concurrency",
             "LOG_LEVEL": "log_level",
+            "LOG_FORMAT": "log_format",
+            "GRACEFUL_TIMEOUT_SECONDS": "graceful_timeout_seconds",
             "RATE_LIMIT_API": "rate_limit_api",
             "RATE_LIMIT_INGEST": "rate_limit_ingest",
             "RATE_LIMIT_STORAGE_URL": "rate_limit_storage_url",

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 KEY = "meetinghooks.wakeups"
 Publish = Callable[[str, dict[str, Any]], None]
 WakeUp = tuple[str, dict[str, Any]]
+# What caused a wake-up, for the logs: a request id, or None (a sweep, a worker's own work).
+Origin = str | None
 # A batch message names at most this many rows.
 BATCH_LIMIT = 100
 # Wake-ups that fold into one message: task -> (its batch task, the id argument, the list one).
@@ -55,33 +57,44 @@ def fold(wake_ups: list[WakeUp]) -> list[WakeUp]:
     worker of the release before, which reads only the first, still sends that one, and the
     sweep wakes the others a lease later.
     """
-    slots: list[WakeUp | str] = []  # a wake-up, or the name of a task whose batch goes here
-    ids: dict[str, list[Any]] = {}
-    for task_name, kwargs in wake_ups:
+    return [message for message, _ in fold_traced([(wake_up, None) for wake_up in wake_ups])]
+
+
+def fold_traced(wake_ups: list[tuple[WakeUp, Origin]]) -> list[tuple[WakeUp, list[Origin]]]:
+    """Fold as `fold` does, keeping each wake-up's origin (the request id that caused it).
+
+    A batch message's origins line up with its ids (`origins[i]` caused `event_ids[i]`); any
+    other message has the one origin of its wake-up.
+    """
+    slots: list[tuple[WakeUp, list[Origin]] | str] = []  # or the task whose batch goes here
+    ids: dict[str, list[tuple[Any, Origin]]] = {}
+    for (task_name, kwargs), origin in wake_ups:
         batch = BATCHES.get(task_name)
         if batch is None or set(kwargs) != {batch[1]}:
-            slots.append((task_name, kwargs))
+            slots.append(((task_name, kwargs), [origin]))
             continue
         if task_name not in ids:
             slots.append(task_name)
-        ids.setdefault(task_name, []).append(kwargs[batch[1]])
-    folded: list[WakeUp] = []
+        ids.setdefault(task_name, []).append((kwargs[batch[1]], origin))
+    folded: list[tuple[WakeUp, list[Origin]]] = []
     for slot in slots:
         if not isinstance(slot, str):
             folded.append(slot)
             continue
         batch_task, one, many = BATCHES[slot]
-        names = ids[slot]
-        if len(names) == 1:
-            folded.append((slot, {one: names[0]}))
+        named = ids[slot]
+        if len(named) == 1:
+            folded.append(((slot, {one: named[0][0]}), [named[0][1]]))
             continue
-        for i in range(0, len(names), BATCH_LIMIT):
-            chunk = names[i : i + BATCH_LIMIT]
+        for i in range(0, len(named), BATCH_LIMIT):
+            chunk = named[i : i + BATCH_LIMIT]
+            chunk_ids = [n for n, _ in chunk]
+            origins = [o for _, o in chunk]
             if batch_task != slot:
-                folded.append((batch_task, {many: chunk}))
+                folded.append(((batch_task, {many: chunk_ids}), origins))
             else:
-                first, *more = chunk
-                folded.append((slot, {one: first, **({many: more} if more else {})}))
+                first, *more = chunk_ids
+                folded.append(((slot, {one: first, **({many: more} if more else {})}), origins))
     return folded
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import start_http_server
 
-from core import migrate
+from core import logs, migrate
 from core.config import Settings
 from core.db import make_engine, make_session_factory
 from core.errors import ConfigError, DomainError
@@ -28,6 +28,10 @@ from meetinghooks import analytics_cli
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
+
+log = logs.get_logger("meetinghooks")
+# gunicorn's default: how long `serve` lets requests in flight finish after a SIGTERM.
+SERVE_GRACEFUL_SECONDS = 30
 
 
 def _settings() -> Settings:
@@ -123,13 +127,20 @@ def _gunicorn_argv(settings: Settings) -> list[str]:
         "--threads", os.environ.get("WEB_THREADS", "4"),
         "--access-logfile", "-",
         # Presenter links are one-time secrets in the path: the access log shows them redacted.
+        # LOG_FORMAT=json makes its lines JSON, the access log's with their fields.
         "--logger-class", "meetinghooks.access_log.RedactingLogger",
+        # SIGTERM: refuse new connections, let requests in flight finish for this long, exit.
+        "-c", "python:meetinghooks.gunicorn_config",
+        "--graceful-timeout", str(settings.graceful_timeout_seconds or SERVE_GRACEFUL_SECONDS),
         "--forwarded-allow-ips", os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
     ]  # fmt: skip
 
 
-def _celery_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "workers.main", *args]
+def _celery_argv(settings: Settings, *args: str) -> list[str]:
+    # JSON logs: every line is a JSON object, so no banners (-q); Celery logs through
+    # core.logs (workers.celery_app.configure_logging).
+    quiet = ["-q"] if settings.log_format == "json" else []
+    return [sys.executable, "-m", "celery", "-A", "workers.main", *quiet, *args]
 
 
 # The two queues of workers.celery_app, each served by a pool of its own: a slow callback
@@ -154,7 +165,9 @@ def _pool_argv(pool: str, settings: Settings, extra: Sequence[str]) -> list[str]
         # Deliveries mostly wait on receivers: threads hold many attempts at once. The threads
         # pool enforces no time limits; the attempt deadline (core.http_deadline) bounds them.
         own = ["-P", "threads", "--concurrency", str(settings.delivery_concurrency)]
-    return _celery_argv("worker", "-Q", pool, *own, "-n", f"{pool}@%h", "-l", "INFO", *extra)
+    return _celery_argv(
+        settings, "worker", "-Q", pool, *own, "-n", f"{pool}@%h", "-l", settings.log_level, *extra
+    )
 
 
 def _worker_argvs(settings: Settings, extra: Sequence[str]) -> list[list[str]]:
@@ -203,11 +216,11 @@ def _split_options(extra: Sequence[str]) -> dict[str, list[str]]:
     return per_pool
 
 
-def _beat_argv(extra: Sequence[str]) -> list[str]:
+def _beat_argv(settings: Settings, extra: Sequence[str]) -> list[str]:
     schedule = os.environ.get(
         "BEAT_SCHEDULE_FILE", str(Path(tempfile.gettempdir()) / "meetinghooks-beat-schedule")
     )
-    return _celery_argv("beat", "-l", "INFO", "-s", schedule, *extra)
+    return _celery_argv(settings, "beat", "-l", settings.log_level, "-s", schedule, *extra)
 
 
 def _with_shared_metrics() -> dict[str, str]:
@@ -245,7 +258,7 @@ def _serve_metrics(settings: Settings, env: dict[str, str]) -> None:
         start_http_server(settings.worker_metrics_port, settings.worker_metrics_host, registry)
     except OSError as exc:
         raise DomainError(f"cannot serve worker metrics on {address}: {exc}") from None
-    print(f"worker metrics on http://{address}/metrics", file=sys.stderr, flush=True)
+    log.info("meetinghooks.worker_metrics.serving", url=f"http://{address}/metrics")
 
 
 # A child that ran this long before it ended is started again; one that ended sooner is broken.
@@ -299,11 +312,11 @@ def _supervise(
                 if ran < restart_after:
                     broken = True
                     break
-                print(
-                    f"meetinghooks: {' '.join(argvs[index][-4:])} ended with status "
-                    f"{child.returncode} after {ran:.0f} s; starting it again",
-                    file=sys.stderr,
-                    flush=True,
+                log.warning(
+                    "meetinghooks.child.restarted",
+                    command=" ".join(argvs[index][-4:]),
+                    status=child.returncode,
+                    ran_seconds=round(ran),
                 )
                 children[index] = start(argvs[index])
                 started[index] = time.monotonic()
@@ -331,27 +344,33 @@ def _supervise(
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run the Celery workers: the events and the deliveries pool, or one of them."""
     settings = _settings()
+    logs.configure(settings.log_format, settings.log_level)
     argvs = _worker_argvs(settings, args.extra)
     env = _with_shared_metrics()  # every pool's counters, for WORKER_METRICS_PORT
     _serve_metrics(settings, env)
-    # A warm shutdown lets the attempts in flight end, each within twice the timeout.
-    return _supervise(argvs, env, grace=2 * settings.callback_timeout_seconds + 10)
+    # A warm shutdown lets the tasks in flight end; by default long enough for the longest
+    # callback attempt (twice the timeout). What is killed is given back: see DECISIONS.
+    grace = settings.graceful_timeout_seconds or 2 * settings.callback_timeout_seconds + 10
+    return _supervise(argvs, env, grace=grace)
 
 
 def cmd_beat(args: argparse.Namespace) -> int:
     """Run Celery beat: the periodic sweeps."""
-    _settings()
-    os.execv(sys.executable, _beat_argv(args.extra))  # noqa: S606  (replace this process)
+    os.execv(sys.executable, _beat_argv(_settings(), args.extra))  # noqa: S606  (replace this process)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Migrate, then run receiver, worker and beat together until interrupted."""
     settings = _settings()
+    logs.configure(settings.log_format, settings.log_level)
     migrate.upgrade(settings.database_url)
     env = _with_shared_metrics()  # the workers' counters then show on the receiver's /metrics
     _serve_metrics(settings, env)
-    argvs = [*_worker_argvs(settings, []), _beat_argv([]), _gunicorn_argv(settings)]
+    argvs = [*_worker_argvs(settings, []), _beat_argv(settings, []), _gunicorn_argv(settings)]
     mode = "embedded (SQLite + SQLAlchemy broker under ./var)" if settings.embedded else "external"
+    if settings.log_format == "json":
+        log.info("meetinghooks.run.starting", base_url=settings.base_url, mode=mode)
+        return _supervise(argvs, env, grace=RUN_STOP_SECONDS)
     print(
         f"\nmeetinghooks is starting on {settings.base_url} ({mode}).\n"
         "Create a user in another terminal, from this directory:\n"

@@ -9,7 +9,7 @@ from flask import Flask
 
 from core.config import Settings
 from core.db import make_engine, make_session_factory
-from receiver import db, errors, http_metrics, limits
+from receiver import db, errors, http_metrics, limits, request_ids
 from receiver.tasks import CeleryEnqueuer, Enqueue, publisher
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ def create_app(
     )
     logging.getLogger("receiver").setLevel(settings.log_level)
 
+    request_ids.install(app)  # first: the limiter's hooks may log or answer
     db.init_app(app)
     errors.register_error_handlers(app)
     limits.install(app, settings)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from flask import current_app
 from kombu import pools as kombu_pools
 
-from core import wakeups
+from core import logs, wakeups
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -28,7 +28,9 @@ Enqueue = Callable[[str, dict[str, Any]], None]
 
 # How long close() waits for the sender to hand over what it holds.
 CLOSE_TIMEOUT_SECONDS = 5
-_STOP: wakeups.WakeUp = ("", {})
+# A wake-up and the request id that caused it (core.logs), as the sender thread gets them.
+Traced = tuple[wakeups.WakeUp, wakeups.Origin]
+_STOP: Traced = (("", {}), None)
 
 
 class CeleryEnqueuer:
@@ -39,20 +41,24 @@ class CeleryEnqueuer:
     `process_event` wake-ups it finds waiting into `process_events` batches, so under load
     one message (and one worker transaction) carries many events. A wake-up still queued
     when the process dies is a lost message: the inbox sweep re-sends its event.
+
+    Each message carries the ids of the requests that caused it in its `request_ids` header
+    (lined up with `event_ids` in a batch), so that the workers' log lines name them.
     """
 
     def __init__(self, settings: Settings) -> None:
         from workers.celery_app import make_celery  # noqa: PLC0415  (only needed to send)
 
         self.celery = make_celery(settings)
-        self._waiting: queue.SimpleQueue[wakeups.WakeUp] = queue.SimpleQueue()
+        self._waiting: queue.SimpleQueue[Traced] = queue.SimpleQueue()
         self._sender: threading.Thread | None = None
         self._sender_pid: int | None = None
         self._starting = threading.Lock()
 
     def __call__(self, task_name: str, kwargs: dict[str, Any]) -> None:
         self._ensure_sender()
-        self._waiting.put((task_name, kwargs))
+        # Read here, in the request's thread: the sender thread has no request context.
+        self._waiting.put(((task_name, kwargs), logs.current_request_id()))
 
     def _ensure_sender(self) -> None:
         # Started on first use, in the process that uses it: gunicorn forks after loading.
@@ -78,10 +84,11 @@ class CeleryEnqueuer:
             if stop:
                 return
 
-    def _send(self, batch: list[wakeups.WakeUp]) -> None:
-        for task_name, kwargs in wakeups.fold(batch):
+    def _send(self, batch: list[Traced]) -> None:
+        for (task_name, kwargs), origins in wakeups.fold_traced(batch):
+            extra = {"headers": {logs.REQUEST_IDS: origins}} if any(origins) else {}
             try:
-                self.celery.send_task(task_name, kwargs=kwargs)
+                self.celery.send_task(task_name, kwargs=kwargs, **extra)
             except Exception:
                 log.warning("receiver.enqueue.failed task=%s", task_name, exc_info=True)
 

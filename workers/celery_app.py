@@ -14,7 +14,7 @@ from celery.signals import celeryd_init
 from kombu.entity import Queue
 from sqlalchemy.orm import Session, sessionmaker
 
-from core import task_names, wakeups
+from core import logs, task_names, wakeups
 from core.db import make_engine, make_session_factory
 from workers import embedded_broker
 
@@ -205,6 +205,9 @@ def publish(task_name: str, kwargs: dict[str, Any]) -> None:
     try:
         if DbTask.celery is None:
             raise RuntimeError("make_celery(settings) was not called")
-        DbTask.celery.send_task(task_name, kwargs=kwargs, queue=queue_for(task_name))
+        # The work this task does for those requests keeps their ids (receiver.tasks).
+        caused_by = logs.current_request_ids()
+        extra: dict[str, Any] = {"headers": {logs.REQUEST_IDS: caused_by}} if caused_by else {}
+        DbTask.celery.send_task(task_name, kwargs=kwargs, queue=queue_for(task_name), **extra)
     except Exception:
         log.warning("workers.wakeup.publish_failed task=%s", task_name, exc_info=True)

@@ -8,11 +8,17 @@ from celery import concurrency
 from celery.concurrency.thread import TaskPool as ThreadsPool
 from celery.signals import worker_init
 
+from core import logs
 from core.config import Settings
-from workers import pool_metrics  # noqa: F401  (its signal handlers count pool saturation)
+from workers import (
+    pool_metrics,  # noqa: F401  (its signal handlers count pool saturation)
+    task_logs,  # noqa: F401  (connects the logging signals)
+)
 from workers.celery_app import DbTask, make_celery
 
 settings = Settings.from_env()
+# Now, not at Celery's setup_logging: the worker warns (running as root...) before that.
+logs.configure(settings.log_format, settings.log_level)
 app = make_celery(settings)
 
 

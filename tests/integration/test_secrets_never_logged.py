@@ -11,14 +11,9 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-import os
 import re
 import secrets
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,50 +23,14 @@ from standardwebhooks.webhooks import Webhook
 
 from core.security import ACCESS_TOKEN_PREFIX, new_signing_secret
 from tests.callback_receiver import Answer, CallbackReceiver, Received
-from tests.integration.conftest import answers_ok, free_port, wait_until
+from tests.integration.run_command import Run, started_run
 from tests.platform_events import event_body, new_msg_id, signed_headers
 
 pytestmark = pytest.mark.integration
 
 SIGNING_PREFIX = "whsec_"
-# Generous for a loaded 2-core machine; the whole test takes about 30 s.
-START_SECONDS = 90
+# Generous for a loaded 2-core machine; the whole test takes about 30 s per log format.
 FLOW_SECONDS = 60
-
-
-@dataclass
-class Run:
-    """A `meetinghooks run` in a directory of its own, and how to talk to it."""
-
-    workdir: Path
-    env: dict[str, str]
-    base_url: str
-    process: subprocess.Popen[bytes]
-
-    @property
-    def log(self) -> Path:
-        return self.workdir / "run.log"
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def cli(self, *args: str) -> dict[str, Any]:
-        done = subprocess.run(
-            [sys.executable, "-m", "meetinghooks", *args, "--json"],
-            cwd=self.workdir, env=self.env, capture_output=True, text=True, timeout=60,
-            check=True,
-        )  # fmt: skip
-        result: dict[str, Any] = json.loads(done.stdout)
-        return result
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGINT)  # a Ctrl-C in the terminal
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
 
 
 @pytest.fixture
@@ -79,38 +38,19 @@ def ingest_secret() -> str:
     return new_signing_secret()
 
 
-@pytest.fixture
-def run(tmp_path: Path, ingest_secret: str) -> Iterator[Run]:
-    port = free_port()
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("DATABASE_URL", "BROKER_URL", "PROMETHEUS_MULTIPROC_DIR")
-    }
-    env |= {
-        "PORT": str(port),
+# Both log formats: JSON lines carry the access log's fields (path, query, referer...) apart.
+@pytest.fixture(params=["text", "json"])
+def run(request: pytest.FixtureRequest, tmp_path: Path, ingest_secret: str) -> Iterator[Run]:
+    settings = {
+        "LOG_FORMAT": request.param,
         "INGEST_SIGNING_SECRET": ingest_secret,
         # One quick retry, so that the failing callback is `failed` (and alerted) within seconds.
         "RETRY_SCHEDULE": "1",
         "SWEEP_INTERVAL_SECONDS": "0.5",
         "CALLBACK_TIMEOUT_SECONDS": "5",
-        "BEAT_SCHEDULE_FILE": str(tmp_path / "beat-schedule"),
-        "EVENT_CONCURRENCY": "1",
-        "DELIVERY_CONCURRENCY": "4",
     }
-    log = (tmp_path / "run.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "meetinghooks", "run"],
-        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    handle = Run(tmp_path, env, f"http://127.0.0.1:{port}", process)
-    try:
-        wait_until(lambda: answers_ok(f"{handle.base_url}/healthz"), START_SECONDS, "make run")
-        wait_until(lambda: handle.output().count(" ready.") >= 2, START_SECONDS, "both pools")
+    with started_run(tmp_path, settings) as handle:
         yield handle
-    finally:
-        handle.stop()
-        log.close()
 
 
 def _distinctive_parts(secret: str) -> list[str]:
@@ -290,16 +230,27 @@ def test_no_secret_appears_in_any_log_line_or_metric(run: Run, ingest_secret: st
     output = run.output()
 
     # The scan below read the lines that matter: each process spoke, each request was logged.
+    requests_logged = _requests_logged(output, json_lines=run.env["LOG_FORMAT"] == "json")
     for expected in (
         "GET /presenter/",
         "POST /presenter/",
         "POST /v1/events",
         "POST /v1/meetings/start",
-        "workers.delivery.attempted",
-        "beat: Starting",
     ):
+        assert expected in requests_logged, f"{expected!r} is not in the output of make run"
+    for expected in ("workers.delivery.attempted", "beat: Starting"):
         assert expected in output, f"{expected!r} is not in the output of make run"
     leaks = _leaks(output, found) + _organizer_code_leaks(output, codes)
     leaks += [f"/metrics: {leak}" for leak in _leaks(metrics.text, found)]
     leaks += [f"/metrics: {leak}" for leak in _organizer_code_leaks(metrics.text, codes)]
     assert leaks == [], "\n".join(leaks)
+
+
+def _requests_logged(output: str, *, json_lines: bool) -> str:
+    """Return the access log's "METHOD path" of every request, one a line."""
+    if not json_lines:
+        return output
+    lines = [json.loads(line) for line in output.splitlines()]  # each line is JSON
+    return "\n".join(
+        f"{line['method']} {line['path']}" for line in lines if line["event"] == "http.request"
+    )

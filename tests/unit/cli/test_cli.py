@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from core import logs
+from core.config import Settings
 from core.models import AccessToken, User
 from core.security import hash_token
 from meetinghooks import cli
@@ -297,6 +299,7 @@ def test_supervise_starts_again_a_child_that_ends_after_running_a_while(
         "sys.exit(3)\n"
     )
     sibling = "import time; time.sleep(60)"
+    logs.configure("text")  # as `worker` and `run` do, on the captured stderr
     status = cli._supervise(
         [[sys.executable, "-c", sibling], [sys.executable, "-c", child]],
         dict(os.environ),
@@ -305,4 +308,53 @@ def test_supervise_starts_again_a_child_that_ends_after_running_a_while(
     )
     assert status == 1  # the third start ended at once: broken, everything stopped
     assert starts.read_text() == "xxx"
-    assert capsys.readouterr().err.count("ended with status 3") == 2
+    restarts = [line for line in capsys.readouterr().err.splitlines() if "child.restarted" in line]
+    assert len(restarts) == 2
+    assert all("status=3" in line for line in restarts)
+
+
+@pytest.mark.parametrize(
+    ("environ", "grace"),
+    [
+        ({}, 2 * 15 + 10),
+        ({"CALLBACK_TIMEOUT_SECONDS": "3"}, 16),
+        ({"GRACEFUL_TIMEOUT_SECONDS": "7"}, 7),
+    ],
+)
+def test_worker_kills_what_outlasts_the_graceful_timeout(
+    embedded: Path, monkeypatch: pytest.MonkeyPatch, environ: dict[str, str], grace: float
+) -> None:
+    given: list[float] = []
+    monkeypatch.setattr(cli, "_supervise", lambda *_a, grace: given.append(grace) or 0)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    assert main(["worker"]) == 0
+    assert given == [grace]
+
+
+@pytest.mark.parametrize(
+    ("environ", "seconds"), [({}, "30"), ({"GRACEFUL_TIMEOUT_SECONDS": "5"}, "5")]
+)
+def test_serve_runs_gunicorn_with_its_graceful_timeout_and_our_stop(
+    environ: dict[str, str], seconds: str
+) -> None:
+    settings = Settings.from_env(
+        {"DATABASE_URL": "sqlite://", "BROKER_URL": "memory://", **environ}
+    )
+    argv = cli._gunicorn_argv(settings)
+    assert _option(argv, "--graceful-timeout") == seconds
+    assert _option(argv, "-c") == "python:meetinghooks.gunicorn_config"
+
+
+def test_json_logs_start_celery_without_its_banners() -> None:
+    text = Settings(database_url="sqlite://", broker_url="memory://")
+    as_json = text.model_copy(update={"log_format": "json", "log_level": "DEBUG"})
+    assert "-q" not in cli._beat_argv(text, [])
+    beat = cli._beat_argv(as_json, [])
+    assert beat[beat.index("workers.main") + 1] == "-q"
+    assert _option(beat, "-l") == "DEBUG"
+    for argv in cli._worker_argvs(as_json, []):
+        assert argv[argv.index("workers.main") + 1 : argv.index("workers.main") + 3] == [
+            "-q",
+            "worker",
+        ]

@@ -87,6 +87,9 @@ class TestFromEnv:
             ("EVENT_CONCURRENCY", "many"),
             ("DELIVERY_CONCURRENCY", "0"),
             ("DELIVERY_CONCURRENCY", "1001"),
+            ("LOG_FORMAT", "yaml"),
+            ("GRACEFUL_TIMEOUT_SECONDS", "0"),
+            ("GRACEFUL_TIMEOUT_SECONDS", "soon"),
         ],
     )
     def test_bad_values_fail_at_startup_naming_the_variable(self, name: str, value: str) -> None:
