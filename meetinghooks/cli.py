@@ -133,6 +133,9 @@ def _gunicorn_argv(settings: Settings) -> list[str]:
         "-c", "python:meetinghooks.gunicorn_config",
         "--graceful-timeout", str(settings.graceful_timeout_seconds or SERVE_GRACEFUL_SECONDS),
         "--forwarded-allow-ips", os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
+        # gunicorn 27's control socket sits at one path per user (~/.gunicorn/gunicorn.ctl), so
+        # two receivers on one machine would take it from each other; nothing of ours uses it.
+        "--no-control-socket",
     ]  # fmt: skip
 
 
