@@ -46,3 +46,8 @@ def problems(status: int, content_type: str, body: bytes) -> list[str]:
     if status >= 500 and any(marker in text for marker in TRACEBACK_MARKERS):
         found.append(f"{status} body shows internals: {body[:200]!r}")
     return found
+
+
+def has_control(text: str) -> bool:
+    """Say whether text holds a C0 control character or DEL (refused in names)."""
+    return any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)
