@@ -102,17 +102,16 @@ def assert_in_shape(route: Endpoint, response: Any) -> None:
 
 
 @pytest.mark.parametrize("route", WRITES, ids=str)
-@pytest.mark.parametrize("kind", list(HOSTILE_BODIES))
 def test_hostile_bodies_are_refused_by_every_route_that_reads_one(
-    client: FlaskClient, app: Flask, ids: dict[str, Any], alice: Account, route: Endpoint, kind: str
+    client: FlaskClient, app: Flask, ids: dict[str, Any], alice: Account, route: Endpoint
 ) -> None:
-    raw, expected = HOSTILE_BODIES[kind]
     # A JSON array where an object belongs is refused only by a route that reads its body.
     reads_body = send(client, app, route, ids, alice, b"[]").status_code in {400, 415}
-    response = send(client, app, route, ids, alice, raw)
-    assert_in_shape(route, response)
-    if reads_body:
-        assert response.status_code == expected, (kind, response.get_json())
+    for kind, (raw, expected) in HOSTILE_BODIES.items():
+        response = send(client, app, route, ids, alice, raw)
+        assert_in_shape(route, response)
+        if reads_body:
+            assert response.status_code == expected, (kind, response.get_json())
 
 
 header_values = st.text(
