@@ -47,14 +47,14 @@ class DeadlineSocket:
     def recv(self, size: int, *flags: int) -> bytes:
         if self.deadline is None:
             return self._sock.recv(size, *flags)
-        remaining = self.deadline - time.monotonic()
-        if remaining <= 0:
-            raise self._too_slow()
+        # Past the deadline, bytes that have arrived are still read (the server may have been
+        # the slow one); only waiting for more is refused.
+        remaining = max(0.0, self.deadline - time.monotonic())
         previous = self._sock.gettimeout()
         self._sock.settimeout(remaining)
         try:
             return self._sock.recv(size, *flags)
-        except TimeoutError:
+        except (TimeoutError, BlockingIOError):
             raise self._too_slow() from None
         finally:
             self._sock.settimeout(previous)
@@ -77,6 +77,9 @@ class DeadlineThreadWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn is u
         super().init_process()
 
     def handle(self, conn: Any) -> Any:
+        if self.cfg.is_ssl:
+            # ssl wraps the socket object itself; TLS belongs to the proxy in front (docs).
+            return super().handle(conn)
         if not isinstance(conn.sock, DeadlineSocket):
             conn.sock = DeadlineSocket(conn.sock)
         # The clock starts when the thread takes the connection: gunicorn has waited for the

@@ -132,3 +132,29 @@ def test_an_unusable_read_deadline_stops_serve_with_a_message(
     monkeypatch.setenv(slow_clients.READ_TIMEOUT_ENV, value)
     with pytest.raises(ValueError, match=slow_clients.READ_TIMEOUT_ENV):
         slow_clients.read_timeout()
+
+
+class TestDeadlineSocket:
+    def test_bytes_already_arrived_are_read_even_past_the_deadline(self) -> None:
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            sock = slow_clients.DeadlineSocket(ours)
+            sock.deadline = time.monotonic() - 1  # the server, not the client, was slow
+            theirs.sendall(b"body")
+            assert sock.recv(16) == b"body"
+            with pytest.raises(ConnectionResetError):
+                sock.recv(16)
+            assert ours.gettimeout() is None  # blocking again for gunicorn
+
+    def test_waiting_for_more_ends_at_the_deadline(self) -> None:
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            sock = slow_clients.DeadlineSocket(ours)
+            sock.deadline = time.monotonic() + 0.2
+            started = time.monotonic()
+            with pytest.raises(ConnectionResetError):
+                sock.recv(16)
+            assert time.monotonic() - started < 5
+            sock.deadline = None
+            theirs.sendall(b"x")
+            assert sock.recv(16) == b"x"
