@@ -6,9 +6,12 @@ import collections
 from typing import TYPE_CHECKING
 
 import pytest
+import sqlalchemy as sa
 
 from core.config import Settings
-from tests.analytics_fixture import History, build
+from core.models import Delivery
+from tests.analytics_fixture import END, HOOK, START, History, at, build, report
+from tests.deliveries_helpers import make_meeting_with_hooks
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -44,8 +47,32 @@ def bob(make_account: Callable[..., Account]) -> Account:
 
 
 @pytest.fixture
-def history(session_factory: sessionmaker[Session], alice: Account, bob: Account) -> History:
+def full_history(session_factory: sessionmaker[Session], alice: Account, bob: Account) -> History:
+    """The analytics tests' history: every kind of meeting and delivery, for the fuzz."""
     return build(session_factory, alice, bob)
+
+
+@pytest.fixture
+def history(session_factory: sessionmaker[Session], alice: Account, bob: Account) -> History:
+    """A few rows of each kind per user, quick to build for each of the many targeted tests.
+
+    Alice: `m1` started, with its start callbacks (`deliveries`); `never`, scheduled, no
+    callbacks. Bob: `bob1`, started, with a callback of his own.
+    """
+    sf, made = session_factory, History()
+    made.meetings["m1"] = make_meeting_with_hooks(sf, alice.id, {START: HOOK, END: HOOK}, number=1)
+    report(sf, made.meetings["m1"], START, at("10:00"))
+    made.meetings["never"] = make_meeting_with_hooks(sf, alice.id, {}, number=2)
+    made.meetings["bob1"] = make_meeting_with_hooks(sf, bob.id, {START: HOOK}, number=3)
+    report(sf, made.meetings["bob1"], START, at("10:00"))
+    with sf() as session:
+        made.deliveries = list(
+            session.scalars(
+                sa.select(Delivery.id).where(Delivery.user_id == alice.id).order_by(Delivery.id)
+            )
+        )
+    assert made.deliveries, "the started meeting's callback is a delivery"
+    return made
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -147,7 +147,7 @@ def _signed_call(case: Case) -> dict[str, Any]:
 
 
 @pytest.fixture
-def seeded(app: Flask, history: History, alice: Account) -> Iterator[Account]:
+def seeded(app: Flask, full_history: History, alice: Account) -> Iterator[Account]:
     CURRENT.app = app
     yield alice
     CURRENT.app = None
