@@ -24,7 +24,7 @@ from core.errors import ConfigError, DomainError
 from core.metrics_export import registry_for
 from core.models import SCOPES
 from core.services import accounts
-from meetinghooks import analytics_cli
+from meetinghooks import analytics_cli, slow_clients
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -120,11 +120,18 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def _gunicorn_argv(settings: Settings) -> list[str]:
+    try:
+        slow_clients.read_timeout()  # refuse a bad value here, not in every gunicorn worker
+    except ValueError as exc:
+        raise DomainError(str(exc)) from None
     return [
         sys.executable, "-m", "gunicorn", "receiver.wsgi:app",
         "--bind", f"{settings.host}:{settings.port}",
         "--workers", os.environ.get("WEB_CONCURRENCY", "2"),
         "--threads", os.environ.get("WEB_THREADS", "4"),
+        # Each request must arrive within REQUEST_READ_TIMEOUT_SECONDS: slowloris clients
+        # would otherwise hold every thread (meetinghooks/slow_clients.py).
+        "--worker-class", "meetinghooks.slow_clients.DeadlineThreadWorker",
         "--access-logfile", "-",
         # Presenter links are one-time secrets in the path: the access log shows them redacted.
         # LOG_FORMAT=json makes its lines JSON, the access log's with their fields.

@@ -18,8 +18,9 @@ from typing import Any
 
 from gunicorn.workers.gthread import ThreadWorker
 
-# gunicorn reads these names as settings; the command line wins over them.
-worker_class = "meetinghooks.gunicorn_config.StoppingThreadWorker"
+# gunicorn reads these names as settings; the command line wins over them. `serve` names the
+# subclass that also bounds how long a request may take to arrive (meetinghooks/slow_clients.py).
+worker_class = "meetinghooks.slow_clients.DeadlineThreadWorker"
 
 
 def when_ready(server: Any) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
+import hmac
 import json
 import secrets
 from typing import TYPE_CHECKING
@@ -33,6 +36,24 @@ def signed_headers(
         "webhook-id": msg_id,
         "webhook-timestamp": str(int(at.timestamp())),
         "webhook-signature": Webhook(secret).sign(msg_id, at, body),
+    }
+
+
+def signed_bytes_headers(
+    raw: bytes, *, msg_id: str | None = None, at: dt.datetime | None = None
+) -> dict[str, str]:
+    """Return Standard Webhooks headers for any body bytes, valid UTF-8 or not (no content type).
+
+    standardwebhooks signs text only; the spec signs bytes, so hostile bodies are signed here.
+    """
+    msg_id = msg_id or new_msg_id()
+    stamp = str(int((at or dt.datetime.now(dt.UTC)).timestamp()))
+    key = base64.b64decode(INGEST_SECRET.removeprefix("whsec_"))
+    digest = hmac.new(key, f"{msg_id}.{stamp}.".encode() + raw, hashlib.sha256).digest()
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": stamp,
+        "webhook-signature": "v1," + base64.b64encode(digest).decode(),
     }
 
 
