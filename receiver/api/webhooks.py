@@ -46,6 +46,7 @@ def _json(body: dict[str, Any], status: int = 200) -> Response:
     {200: (DeliveryPage, "One page of deliveries, newest first.")},
     scope="start_meeting",
     query=DeliveryQuery,
+    errors=(404,),  # meetingId names no meeting of the user's
 )
 def list_deliveries() -> Response:
     """List the user's deliveries, newest first, one page at a time."""

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 import sqlalchemy as sa
+from pydantic import SecretStr
 
 from core.config import Settings
 from core.models import Delivery
@@ -33,7 +34,14 @@ def count_case(request: pytest.FixtureRequest) -> None:
 def settings(settings: Settings) -> Settings:
     # Thousands of requests with one token would meet the API's rate limit; its 429 has
     # tests of its own (tests/functional/test_rate_limits.py).
-    return settings.model_copy(update={"rate_limit_api": None, "rate_limit_ingest": None})
+    # The console is switched on (it needs a session key), so its forms get hostile input too.
+    return settings.model_copy(
+        update={
+            "rate_limit_api": None,
+            "rate_limit_ingest": None,
+            "secret_key": SecretStr("hostile-suite-session-key-" + "k" * 32),
+        }
+    )
 
 
 @pytest.fixture

@@ -12,8 +12,10 @@ TRACEBACK_MARKERS = ("Traceback", 'File "', "Error:", "sqlalchemy", "psycopg")
 
 
 def presenter_page(path: str, status: int, content_type: str) -> bool:
-    """Say whether this is a presenter link's HTML answer, which SPEC 4 allows instead of JSON."""
-    return path.startswith("/presenter/") and content_type.startswith("text/html")
+    """Say whether this is an HTML page for a person instead of a JSON error: a presenter link's
+    answer (SPEC 4) or the console's, which signed-in people read in a browser."""
+    for_people = path.startswith(("/presenter/", "/console"))
+    return for_people and content_type.startswith("text/html")
 
 
 def problems(status: int, content_type: str, body: bytes) -> list[str]:
