@@ -11,6 +11,7 @@ from typing import Annotated
 from limits import parse_many
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from core import embedded_secret
 from core.errors import ConfigError
 from core.signing import signing_key
 
@@ -166,6 +167,10 @@ class Settings(BaseModel):
         networks = env.get("CALLBACK_ALLOWED_NETWORKS")
         if networks is None and embedded:
             networks = EMBEDDED_ALLOWED_NETWORKS
+        if embedded and not env.get("INGEST_SIGNING_SECRET"):
+            # So that `meetinghooks simulate` (and a newcomer's curl) can play the platform on
+            # the same machine: it reads the same file.
+            raw["ingest_signing_secret"] = embedded_secret.ingest_secret(EMBEDDED_DIR)
         raw["callback_allowed_networks"] = _split(networks or "")
         if env.get("RETRY_SCHEDULE"):
             raw["retry_schedule"] = _split(env["RETRY_SCHEDULE"])

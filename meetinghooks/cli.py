@@ -23,7 +23,7 @@ from core.db import make_engine, make_session_factory
 from core.errors import ConfigError, DomainError
 from core.models import SCOPES
 from core.services import accounts
-from meetinghooks import analytics_cli
+from meetinghooks import analytics_cli, simulate
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -419,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     beat.set_defaults(func=cmd_beat, passes_extra=True)
     sub.add_parser("run", help="migrate and run everything (make run)").set_defaults(func=cmd_run)
     analytics_cli.add_parser(sub, cmd_analytics)
+    simulate.add_parser(sub)
     return parser
 
 
