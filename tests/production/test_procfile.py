@@ -1,0 +1,166 @@
+"""The Procfile under honcho: the production topology on one machine, PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from standardwebhooks.webhooks import Webhook
+
+from tests.callback_receiver import CallbackReceiver
+from tests.conftest import INGEST_SECRET
+from tests.integration.conftest import (
+    _counter,
+    answers_ok,
+    child_pids,
+    free_port,
+    redis_keys,
+    wait_until,
+)
+from tests.platform_events import signed_event
+
+pytestmark = [pytest.mark.production, pytest.mark.timeout(300)]
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent  # the dev virtualenv: honcho is a dev dependency
+BOOT_SECONDS = 90
+DELIVERY_SECONDS = 60
+# honcho SIGKILLs the process groups still running 5 s after its SIGTERM. Idle, everything
+# stops in about 4 s; a Celery worker whose supervisor was killed first still has our SIGTERM
+# and ends its warm shutdown on its own. Either way nothing may be left after this.
+STOP_SECONDS = 60
+
+
+def _descendants(pid: int) -> list[int]:
+    found = []
+    for child in child_pids(pid):
+        found += [child, *_descendants(child)]
+    return found
+
+
+def _alive(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        state = stat.read_text().split(") ", 1)[1][0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"  # a zombie is dead; its parent has not reaped it yet
+
+
+@pytest.fixture
+def procfile_env(empty_database_url: str, tmp_path: Path) -> Iterator[dict[str, str]]:
+    prefix = f"mh-procfile-{os.getpid()}-{next(_counter)}:"
+    with redis_keys(prefix) as (redis_url, _):
+        port = free_port()
+        dropped = ("PROMETHEUS_MULTIPROC_DIR", "WORKER_METRICS_PORT", "PORT", "MEETINGHOOKS_TOKEN")
+        env = {k: v for k, v in os.environ.items() if k not in dropped}
+        env |= {
+            "PATH": f"{BIN}{os.pathsep}{env.get('PATH', os.defpath)}",
+            "TMPDIR": str(tmp_path),
+            "DATABASE_URL": empty_database_url,
+            "BROKER_URL": redis_url,
+            "BROKER_KEY_PREFIX": prefix,
+            "INGEST_SIGNING_SECRET": INGEST_SECRET,
+            "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
+            "CALLBACK_ALLOWED_NETWORKS": "127.0.0.0/8",
+            "RETRY_SCHEDULE": "1,1,2,2,3",
+            "CALLBACK_TIMEOUT_SECONDS": "3",
+            "SWEEP_INTERVAL_SECONDS": "1",
+            "INBOX_SWEEP_AFTER_SECONDS": "2",
+            "BEAT_SCHEDULE_FILE": str(tmp_path / "beat-schedule"),
+            "WEB_CONCURRENCY": "1",
+            "HONCHO_PORT": str(port),  # ours: the base port handed to honcho below
+        }
+        yield env
+
+
+def test_the_procfile_runs_the_deployment_and_stops_cleanly(
+    procfile_env: dict[str, str], receiver: CallbackReceiver, tmp_path: Path
+) -> None:
+    env = procfile_env
+    base = env["PUBLIC_BASE_URL"]
+    meetinghooks = str(BIN / "meetinghooks")
+    subprocess.run([meetinghooks, "db", "upgrade"], env=env, cwd=tmp_path, check=True,
+                   capture_output=True, timeout=120)  # fmt: skip
+    created = json.loads(
+        subprocess.run(
+            [meetinghooks, "users", "create", "--email", "honcho@example.com", "--name", "H",
+             "--json"],
+            env=env, cwd=tmp_path, check=True, capture_output=True, text=True, timeout=120,
+        ).stdout
+    )  # fmt: skip
+    log_path = tmp_path / "honcho.log"
+    with log_path.open("wb") as log:
+        # -p: honcho gives the first process type (web) this $PORT, the next ones +100 each.
+        honcho = subprocess.Popen(
+            [str(BIN / "honcho"), "-f", str(ROOT / "Procfile"), "-d", str(tmp_path), "start",
+             "--no-colour", "-p", env["HONCHO_PORT"]],
+            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    started: list[int] = []
+
+    def output() -> str:
+        return log_path.read_text(errors="replace")[-6000:]
+
+    try:
+        wait_until(lambda: answers_ok(f"{base}/healthz"), BOOT_SECONDS, f"web on {base}")
+        wait_until(lambda: output().count(" ready.") >= 2, BOOT_SECONDS, "both worker pools")
+        headers = {"Authorization": f"Bearer {created['accessToken']}"}
+        hook = {"callbackUrl": receiver.url("/hook")}
+        meeting = requests.post(
+            f"{base}/v1/meetings/start",
+            json={
+                "startWithPersonalUrl": False,
+                "webhooks": {"meeting.start": hook, "meeting.end": hook},
+            },
+            headers=headers,
+            timeout=30,
+        ).json()
+        presenter = requests.post(
+            meeting["presenterLink"], headers={"Accept": "application/json"}, timeout=30
+        )
+        assert presenter.status_code == 200, presenter.text
+        _, body, signed = signed_event(meeting["meetingId"], "meeting.end")
+        ended = requests.post(f"{base}/v1/events", data=body, headers=signed, timeout=30)
+        assert ended.status_code == 202, ended.text
+        try:
+            receiver.wait_for(2, timeout=DELIVERY_SECONDS)
+        except AssertionError:
+            print(output())  # noqa: T201  (the failing test's evidence)
+            raise
+        verifier = Webhook(created["signingSecret"])
+        events = [verifier.verify(got.body, got.headers) for got in receiver.received]
+        assert [(e["type"], e["meetingId"]) for e in events] == [
+            ("meeting.start", meeting["meetingId"]),
+            ("meeting.end", meeting["meetingId"]),
+        ]
+        started = _descendants(honcho.pid)
+        assert len(started) >= 8, output()  # honcho's runners, four commands, both Celery workers
+
+        honcho.send_signal(signal.SIGTERM)
+        stopping = time.monotonic()
+        honcho.wait(timeout=STOP_SECONDS)
+        wait_until(
+            lambda: not any(_alive(pid) for pid in started),
+            STOP_SECONDS - (time.monotonic() - stopping),
+            "every process honcho started to end",
+        )
+        stopped_in = time.monotonic() - stopping
+    finally:
+        if honcho.poll() is None:
+            os.killpg(honcho.pid, signal.SIGKILL)
+            honcho.wait()
+        for pid in _descendants(honcho.pid) + started:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert [pid for pid in started if _alive(pid)] == [], output()
+    killed = "SIGKILL" in output()
+    print(f"honcho stopped the Procfile in {stopped_in:.1f} s (SIGKILL needed: {killed})")  # noqa: T201
