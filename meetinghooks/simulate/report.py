@@ -172,7 +172,7 @@ def summarize(
     arrivals = tally.snapshot()
     by_key = _by_key(arrivals)
     with ledger.lock:
-        expected = list(ledger.expected.values())
+        expected = [ledger.expected[key] for key in sorted(ledger.expected)]
         sent, acknowledged, failed = (
             dict(ledger.sent),
             dict(ledger.acknowledged),
@@ -210,7 +210,7 @@ def summarize(
         unexpected=sum(1 for a in arrivals if a.meeting_id not in ours),
         latency_p50_ms=None if p50 is None else round(p50),
         latency_p99_ms=None if p99 is None else round(p99),
-        missing=sorted(missing),
+        missing=missing,
         aborted=aborted,
     )
 
