@@ -131,17 +131,23 @@ def test_the_procfile_runs_the_deployment_and_stops_cleanly(
         _, body, signed = signed_event(meeting["meetingId"], "meeting.end")
         ended = requests.post(f"{base}/v1/events", data=body, headers=signed, timeout=30)
         assert ended.status_code == 202, ended.text
-        try:
-            receiver.wait_for(2, timeout=DELIVERY_SECONDS)
-        except AssertionError:
-            print(output())  # noqa: T201  (the failing test's evidence)
-            raise
+        receiver.wait_for(2, timeout=DELIVERY_SECONDS)
         verifier = Webhook(created["signingSecret"])
         events = [verifier.verify(got.body, got.headers) for got in receiver.received]
         assert [(e["type"], e["meetingId"]) for e in events] == [
             ("meeting.start", meeting["meetingId"]),
             ("meeting.end", meeting["meetingId"]),
         ]
+        # The simulator against the same deployment: its user straight in DATABASE_URL's
+        # database, ingest signed with INGEST_SIGNING_SECRET, loopback callbacks allowed above.
+        simulated = subprocess.run(
+            [meetinghooks, "simulate", "--url", base, "--meetings", "6", "--seed", "2",
+             "--duplicates", "0.5", "--out-of-order", "0.5", "--grace", "60", "--json"],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert simulated.returncode == 0, f"{simulated.stdout}\n{simulated.stderr}\n{output()}"
+        summary = json.loads(simulated.stdout.strip().splitlines()[-1])
+        assert summary["callbacks"]["verified"] == summary["callbacks"]["expected"] == 12
         started = _descendants(honcho.pid)
         assert len(started) >= 8, output()  # honcho's runners, four commands, both Celery workers
 
@@ -154,6 +160,9 @@ def test_the_procfile_runs_the_deployment_and_stops_cleanly(
             "every process honcho started to end",
         )
         stopped_in = time.monotonic() - stopping
+    except BaseException:
+        print(output())  # noqa: T201  (the failing test's evidence)
+        raise
     finally:
         if honcho.poll() is None:
             os.killpg(honcho.pid, signal.SIGKILL)
