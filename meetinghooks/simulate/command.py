@@ -147,14 +147,11 @@ def command(args: argparse.Namespace) -> int:
     _wait_for_service(base_url)
     who = target.identity(args.token)
     signing_secret = _signing_secret(base_url, who.token)
-    host, _, port = args.listen.rpartition(":")
+    host, port = _listen_address(args.listen)
     run_id = secrets.token_hex(4)
-    receiver = CallbackReceiver(
-        signing_secret, path=f"/hooks/{run_id}", host=host or "127.0.0.1", port=int(port or 0)
-    )
-    callback_base = (args.callback_url or f"http://{host or '127.0.0.1'}:{receiver.port}").rstrip(
-        "/"
-    )
+    receiver = CallbackReceiver(signing_secret, path=f"/hooks/{run_id}", host=host, port=port)
+    shown = f"[{host}]" if ":" in host else host
+    callback_base = (args.callback_url or f"http://{shown}:{receiver.port}").rstrip("/")
     setup = Setup(base_url, who.token, callback_base + receiver.path, run_id, ingest_secret)
     ledger = Ledger()
     driver = Driver(setup, ledger, Pacer(args.rate))
@@ -245,6 +242,17 @@ def _run(
 
 # After Ctrl-C the threads finish the request each is sending, at most a request timeout.
 REQUEST_JOIN_SECONDS = 35.0
+
+
+def _listen_address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    try:
+        number = int(port)
+    except ValueError:
+        number = -1
+    if not host or not 0 <= number <= 65535:
+        raise ConfigError(f"--listen must be HOST:PORT, such as 127.0.0.1:0 (got {text})")
+    return host.strip("[]"), number
 
 
 def _wait_for_service(base_url: str) -> None:

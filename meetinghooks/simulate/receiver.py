@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 import threading
 import time
@@ -49,6 +50,10 @@ class _Server(ThreadingHTTPServer):
         # A worker that gave up on an attempt hangs up on us: that is its business.
         if not isinstance(sys.exc_info()[1], ConnectionError):
             super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
 
 
 class CallbackReceiver:
@@ -111,7 +116,8 @@ class CallbackReceiver:
             def log_message(self, format: str, *args: object) -> None:
                 return  # the summary says what arrived; one line per callback is noise
 
-        self._server = _Server((host, port), Handler)
+        server_class = _Server6 if ":" in host else _Server
+        self._server = server_class((host, port), Handler)
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="simulate-receiver", daemon=True
         )

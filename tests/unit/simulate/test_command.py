@@ -155,3 +155,18 @@ class TestDriver:
         run.run_meeting(MeetingPlan(index=0, via_ingest=True, ends=False, length_seconds=5))
         assert ledger.failed == {"ingest start: 401 invalid-signature": 1}
         assert ledger.expected == {}
+
+
+@pytest.mark.parametrize("listen", ["8000", "127.0.0.1:http", ":0", "127.0.0.1:70000"])
+def test_a_bad_listen_address_is_refused(
+    listen: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MEETINGHOOKS_TOKEN", "tok")
+    with rm.Mocker() as mock:
+        mock.get(f"{BASE}/healthz", json={"status": "ok"})
+        mock.get(
+            f"{BASE}/v1/webhooks/signing-secret",
+            json={"signingSecret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"},
+        )
+        assert main(["simulate", "--ingest", "0", "--listen", listen, "--url", BASE]) == 2
+    assert "--listen must be HOST:PORT" in capsys.readouterr().err

@@ -100,3 +100,16 @@ class TestCallbackReceiver:
         headers = signed_headers([SECRET], "msg_g", dt.datetime.now(dt.UTC), body)
         assert post(receiver, body, headers) == 400
         assert receiver.tally.rejected == {"unexpected-shape": 1}
+
+
+def test_it_listens_on_ipv6_loopback_too() -> None:
+    server = CallbackReceiver(SECRET, path="/h", host="::1").start()
+    try:
+        body = callback()
+        headers = signed_headers([SECRET], "msg_h", dt.datetime.now(dt.UTC), body)
+        url = f"http://[::1]:{server.port}/h"
+        assert (
+            requests.post(url, data=body.encode(), headers=headers, timeout=10).status_code == 204
+        )
+    finally:
+        server.stop()
