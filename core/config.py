@@ -13,6 +13,7 @@ from typing import Annotated
 from limits import parse_many
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from core import embedded_secret
 from core.errors import ConfigError
 from core.logs import DEFAULT_LOG_FORMAT, LogFormat, parse_log_format
 from core.signing import signing_key
@@ -195,6 +196,10 @@ class Settings(BaseModel):
         networks = env.get("CALLBACK_ALLOWED_NETWORKS")
         if networks is None and embedded:
             networks = EMBEDDED_ALLOWED_NETWORKS
+        if embedded and not env.get("INGEST_SIGNING_SECRET"):
+            # So that `meetinghooks simulate` (and a newcomer's curl) can play the platform on
+            # the same machine: it reads the same file.
+            raw["ingest_signing_secret"] = embedded_secret.ingest_secret(EMBEDDED_DIR)
         raw["callback_allowed_networks"] = _split(networks or "")
         if env.get("RETRY_SCHEDULE"):
             raw["retry_schedule"] = _split(env["RETRY_SCHEDULE"])

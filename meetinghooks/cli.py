@@ -24,7 +24,7 @@ from core.errors import ConfigError, DomainError
 from core.metrics_export import registry_for
 from core.models import SCOPES
 from core.services import accounts
-from meetinghooks import analytics_cli, slow_clients
+from meetinghooks import analytics_cli, simulate, slow_clients
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -448,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     beat.set_defaults(func=cmd_beat, passes_extra=True)
     sub.add_parser("run", help="migrate and run everything (make run)").set_defaults(func=cmd_run)
     analytics_cli.add_parser(sub, cmd_analytics)
+    simulate.add_parser(sub)
     return parser
 
 

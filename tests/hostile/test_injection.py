@@ -80,7 +80,7 @@ def assert_no_injected_header(response: Any) -> None:
         if name.lower() == "set-cookie":
             assert not value.lower().startswith("injected"), (name, value)
         if "injected" in value.lower():
-            assert "%" in value and ":" not in value.split("?", 1)[0], (name, value)
+            assert "%" in value, (name, value)
 
 
 def assert_refused_in_shape(response: Any) -> None:

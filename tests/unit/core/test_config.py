@@ -25,7 +25,27 @@ class TestFromEnv:
         assert settings.broker_url.startswith("sqla+sqlite:///")
         assert settings.base_url == "http://127.0.0.1:8000"
         assert ipaddress.ip_network("127.0.0.0/8") in settings.callback_allowed_networks
-        assert settings.ingest_signing_secret is None
+
+    def test_embedded_mode_makes_one_ingest_secret_and_keeps_it_private(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.chdir(tmp_path)
+        first = Settings.from_env({}).ingest_signing_secret
+        assert first is not None
+        assert first.startswith("whsec_")
+        assert Settings.from_env({}).ingest_signing_secret == first
+        secret_file = tmp_path / "var" / "ingest-signing-secret"
+        assert secret_file.read_text().strip() == first
+        assert secret_file.stat().st_mode & 0o777 == 0o600
+        assert [p.name for p in (tmp_path / "var").iterdir()] == ["ingest-signing-secret"]
+
+    def test_a_configured_ingest_secret_wins_in_the_embedded_mode(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.chdir(tmp_path)
+        given = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+        assert Settings.from_env({"INGEST_SIGNING_SECRET": given}).ingest_signing_secret == given
+        assert not (tmp_path / "var" / "ingest-signing-secret").exists()
 
     def test_production_has_no_allowed_networks_and_no_secret(self) -> None:
         settings = Settings.from_env(PRODUCTION)
