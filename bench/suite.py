@@ -80,6 +80,8 @@ class Run:
         self.meetings = meetings
         self.acknowledged: list[str] = []
         self.non_2xx = 0
+        # What the non-2xx were: a status code, or "error" for a connection that broke.
+        self.refusals: dict[str, int] = {}
         self.engine = sa.create_engine(stack.database_url)
 
     def ingest(
@@ -98,6 +100,11 @@ class Run:
         )
         self.acknowledged += done.result.acknowledged
         self.non_2xx += done.result.non_2xx
+        for status, n in done.result.statuses.items():
+            if not 200 <= status < 300:
+                self.refusals[str(status)] = self.refusals.get(str(status), 0) + n
+        if done.result.errors:
+            self.refusals["error"] = self.refusals.get("error", 0) + done.result.errors
         return done
 
     def bare(self, seconds: float) -> load.LoadResult:
@@ -286,7 +293,7 @@ def check(run: Run) -> tuple[bool, list[str]]:
     if bad:
         problems.append(f"{len(bad)} callbacks failed verification, e.g. {bad[0]}")
     if run.non_2xx:
-        problems.append(f"{run.non_2xx} ingest answers were not 2xx")
+        problems.append(f"{run.non_2xx} ingest answers were not 2xx: {run.refusals}")
     return not problems, problems
 
 
