@@ -1,4 +1,7 @@
-"""Command-line entry point: `meetinghooks users|tokens|db|serve|worker|beat|run|analytics`."""
+"""Command-line entry point: `meetinghooks users|tokens|db|serve|worker|beat|run|...`.
+
+`analytics` and `deliveries replay` live in modules of their own.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from core.errors import ConfigError, DomainError
 from core.metrics_export import registry_for
 from core.models import SCOPES
 from core.services import accounts
-from meetinghooks import analytics_cli, simulate, slow_clients
+from meetinghooks import analytics_cli, replay_cli, simulate, slow_clients
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -398,6 +401,21 @@ def cmd_analytics(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deliveries_replay(args: argparse.Namespace) -> int:
+    """Re-send a user's matching callbacks with new webhook-ids and print the count."""
+    from receiver.tasks import CeleryEnqueuer  # noqa: PLC0415  (only this command sends)
+
+    settings = _settings()
+    factory = _session_factory(settings)
+    enqueuer = CeleryEnqueuer(settings)
+    try:
+        print(replay_cli.run(args, factory, enqueuer), end="")
+    finally:
+        enqueuer.close()  # sends what the commit published before the process ends
+        factory.kw["bind"].dispose()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser for every sub-command."""
     parser = argparse.ArgumentParser(prog="meetinghooks", description=__doc__)
@@ -449,6 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("run", help="migrate and run everything (make run)").set_defaults(func=cmd_run)
     analytics_cli.add_parser(sub, cmd_analytics)
     simulate.add_parser(sub)
+    replay_cli.add_parser(sub, cmd_deliveries_replay)
     return parser
 
 

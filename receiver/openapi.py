@@ -51,6 +51,7 @@ ERRORS: Final = {
     410: "The link was used, has expired or is unknown, or the meeting has ended.",
     413: "The body is larger than MAX_BODY_BYTES.",
     415: "The Content-Type is not one the operation reads.",
+    422: "The Idempotency-Key was used before with a different request.",
     429: "Rate limited: retry after `Retry-After` seconds.",
     503: "The database is unavailable: retry after `Retry-After` seconds.",
 }
@@ -153,6 +154,7 @@ def operation(
     form: bool = False,
     body_optional: bool = False,
     query: type[BaseModel] | None = None,
+    headers: type[BaseModel] | None = None,
     signed: bool = False,
     errors: Iterable[int] = (),
     html: Iterable[int] = (),
@@ -160,7 +162,8 @@ def operation(
     """Declare a view's operation for the document; with `scope`, also demand that scope.
 
     `ok` maps success statuses to their model (None: no body) and description; `json` and
-    `query` are the models the view validates with; `form` says the body may also be a form.
+    `query` are the models the view validates with; `form` says the body may also be a form;
+    `headers` documents the request headers the view reads.
     The errors each kind of input can cause are added: 401/403/429/503 with a scope, 401/429/503
     when `signed`, 400/413/415 with a body, 400 with a query, plus `errors`.
     """
@@ -195,6 +198,7 @@ def operation(
             json=json,
             form=json if form else None,
             query=query,
+            headers=headers,
             resp=responses,
             tags=(blueprint,),
             security=security,

@@ -4,6 +4,7 @@ from core.models.accounts import SCOPES, AccessToken, User
 from core.models.alerts import Alert, AlertRule, AlertType
 from core.models.events import Delivery, DeliveryAttempt, Event
 from core.models.meetings import EVENT_TYPES, Meeting, PresenterLink, Webhook
+from core.models.replays import DeliveryReplay
 
 __all__ = [
     "EVENT_TYPES",
@@ -14,6 +15,7 @@ __all__ = [
     "AlertType",
     "Delivery",
     "DeliveryAttempt",
+    "DeliveryReplay",
     "Event",
     "Meeting",
     "PresenterLink",

@@ -66,8 +66,10 @@ class Delivery(Base):
     __table_args__ = (
         # One callback per event, webhook and meeting state: an event whose callback must be
         # sent again with corrected values (a late start changes the end's duration) gets a
-        # new delivery, with a new `webhook-id`, at the meeting's new sequence.
-        sa.UniqueConstraint("event_id", "webhook_id", "meeting_sequence"),
+        # new delivery, with a new `webhook-id`, at the meeting's new sequence. A bulk replay
+        # re-sends it as the next `generation`: the constraint lets only one replay of a
+        # delivery through, however many run at once.
+        sa.UniqueConstraint("event_id", "webhook_id", "meeting_sequence", "generation"),
         sa.Index("ix_deliveries_due", "status", "next_attempt_at"),
         sa.Index("ix_deliveries_user_created", "user_id", "id"),
         sa.CheckConstraint("status IN ('pending', 'succeeded', 'failed')", name="status"),
@@ -98,6 +100,9 @@ class Delivery(Base):
     # The meeting's event sequence the body carries (`data.sequence`); the server default
     # serves the release before 0002, which does not know the column.
     meeting_sequence: Mapped[int] = mapped_column(server_default=sa.text("0"))
+    # 0 for the delivery the event caused; each bulk replay of it adds one (a new row with a
+    # new `webhook-id`, the same body). The server default serves the release before 0006.
+    generation: Mapped[int] = mapped_column(server_default=sa.text("0"))
     callback_url: Mapped[str] = mapped_column(sa.String(2048))
     # The exact body bytes, fixed when the delivery is created, so every retry is identical.
     body: Mapped[str] = mapped_column(sa.Text)

@@ -1,4 +1,4 @@
-"""The delivery log, redelivery and the callback signing secret (SPEC 6).
+"""The delivery log, redelivery, bulk replay and the callback signing secret (SPEC 6).
 
 Every endpoint needs the `start_meeting` scope: the callbacks it shows and re-sends were
 registered by start calls, and the signing secret verifies them.
@@ -12,11 +12,20 @@ from flask import Blueprint, Response, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field
 
 from core import pagination
+from core.errors import ValidationFailed
+from core.replay_schemas import (
+    IDEMPOTENCY_KEY_HEADER,
+    IDEMPOTENCY_KEY_RE,
+    IdempotencyKeyHeader,
+    ReplayIn,
+    ReplayOut,
+)
 from core.responses import DeliveryOut, DeliveryPage, SigningSecretOut
-from core.services import accounts, delivery_log
+from core.services import accounts, delivery_log, delivery_replay
 from core.validation import validate
 from receiver import get_settings
 from receiver.auth import current_user
+from receiver.bodies import read_object
 from receiver.db import get_session
 from receiver.openapi import operation
 
@@ -92,6 +101,41 @@ def redeliver(delivery_id: int) -> Response:
     session.commit()  # publishes its wake-up
     (logged,) = delivery_log.with_attempts(session, [delivery])
     return _json(DeliveryOut.of(logged).render(), 202)
+
+
+def _idempotency_key() -> str | None:
+    key = request.headers.get(IDEMPOTENCY_KEY_HEADER)
+    if key is None:
+        return None
+    if not IDEMPOTENCY_KEY_RE.match(key):
+        message = "must be 1 to 255 printable ASCII characters"
+        raise ValidationFailed(
+            f"invalid request: {IDEMPOTENCY_KEY_HEADER}: {message}",
+            errors=[{"field": IDEMPOTENCY_KEY_HEADER, "message": message}],
+        )
+    return key
+
+
+@bp.post("/deliveries/replay")
+@operation(
+    {202: (ReplayOut, "Queued again, each with a new webhook-id; the count.")},
+    scope="start_meeting",
+    json=ReplayIn,
+    headers=IdempotencyKeyHeader,
+    errors=(404, 409, 422),
+)
+def replay() -> Response:
+    """Re-send every matching callback with a new webhook-id, in order: 202 with the count."""
+    key = _idempotency_key()
+    body = validate(ReplayIn, read_object())
+    session = get_session()
+    replayed = delivery_replay.replay(session, current_user().id, body, idempotency_key=key)
+    session.commit()  # the replay, its key and the new rows at once; then their wake-ups
+    response = _json(ReplayOut(count=replayed.replay.delivery_count).render(), 202)
+    if replayed.repeated:
+        # Stripe's convention: the answer is the first one's, and nothing was sent again.
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
 
 
 @bp.get("/signing-secret")

@@ -282,6 +282,48 @@ def check_0004(conn: Connection) -> None:
     assert tuple(row) == (1, None, 1, None)
 
 
+def check_0006(conn: Connection) -> None:
+    """The existing delivery is the event's first send: generation 0."""
+    row = conn.execute(sa.text("SELECT generation, message_id FROM deliveries WHERE id = 1")).one()
+    assert tuple(row) == (0, "msg_1")
+
+
+def seed_0006(conn: Connection) -> None:
+    """A replay under a key, and the copy of the delivery it re-sent (a new webhook-id)."""
+    replays = sa.table(
+        "delivery_replays",
+        *(
+            sa.column(c)
+            for c in ("id", "user_id", "idempotency_key", "request_hash", "delivery_count")
+        ),
+        sa.column("request", sa.JSON),
+        *(sa.column(c, sa.DateTime) for c in ("created_at", "key_expires_at")),
+    )
+    conn.execute(
+        replays.insert().values(
+            id=1,
+            user_id=1,
+            idempotency_key="recover-1",
+            request_hash="b" * 64,
+            request={"from": "2026-11-30T00:00:00Z", "to": "2026-12-01T00:00:00Z"},
+            delivery_count=1,
+            created_at=NOW + dt.timedelta(hours=1),
+            key_expires_at=NOW + dt.timedelta(hours=25),
+        )
+    )
+    conn.execute(
+        sa.text(
+            "INSERT INTO deliveries (id, message_id, event_id, webhook_id, user_id, meeting_id,"
+            " event_type, meeting_sequence, generation, callback_url, body, status,"
+            " attempt_count, enqueue_count, next_attempt_at, created_at, updated_at)"
+            " SELECT 2, 'msg_2', event_id, webhook_id, user_id, meeting_id, event_type,"
+            " meeting_sequence, 1, callback_url, body, 'pending', 0, 0, :now, :now, :now"
+            " FROM deliveries WHERE id = 1"
+        ),
+        {"now": NOW + dt.timedelta(hours=1)},
+    )
+
+
 @dataclass(frozen=True)
 class Revision:
     """What the migration tests do at one revision."""
@@ -299,6 +341,7 @@ REVISIONS: dict[str, Revision] = {
     "0002": Revision(check=check_0002),
     "0003": Revision(check=check_0003, downgrade_restores_rows=False),
     "0004": Revision(check=check_0004),
+    "0006": Revision(seed=seed_0006, check=check_0006),
 }
 
 
