@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import secrets
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
@@ -34,7 +32,6 @@ RATE_LIMIT_OFF = "off"
 # The `limits` storages we configure (receiver.limits): its memory storage and plain Redis.
 RATE_LIMIT_STORAGE_SCHEMES = frozenset({"memory", "redis", "rediss", "redis+unix"})
 # The console's session signing key: generated once in the embedded mode and kept here.
-EMBEDDED_SECRET_KEY_FILE = "secret_key"  # noqa: S105  (a file name, not a secret)
 MIN_SECRET_KEY_LENGTH = 32
 
 
@@ -204,7 +201,7 @@ class Settings(BaseModel):
         if env.get("RETRY_SCHEDULE"):
             raw["retry_schedule"] = _split(env["RETRY_SCHEDULE"])
         if embedded and not env.get("SECRET_KEY"):
-            raw["secret_key"] = embedded_secret_key(EMBEDDED_DIR / EMBEDDED_SECRET_KEY_FILE)
+            raw["secret_key"] = embedded_secret.session_key(EMBEDDED_DIR)
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:
@@ -218,27 +215,6 @@ class Settings(BaseModel):
                 for err in exc.errors()
             ]
             raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
-
-
-def embedded_secret_key(path: Path) -> str:
-    """Return the key kept in `path`, creating it (mode 0600) on first use.
-
-    Every process of `meetinghooks run` reads the same file, so a session signed by one is
-    valid in all, and across restarts. The file appears whole (a hard link of a finished
-    temporary file) and the first to link it wins, so racing processes agree on one key.
-    """
-    if not path.exists():
-        descriptor, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # 0600
-        temporary = Path(name)
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(secrets.token_urlsafe(48))
-        try:
-            os.link(temporary, path)
-        except FileExistsError:
-            pass  # another process made it first: use theirs
-        finally:
-            temporary.unlink()
-    return path.read_text().strip()
 
 
 def _split(value: str) -> list[str]:

@@ -101,7 +101,7 @@ def ingest_secret(given: str | None) -> str | None:
         return given
     if os.environ.get("INGEST_SIGNING_SECRET"):
         return os.environ["INGEST_SIGNING_SECRET"]
-    stored = Path(EMBEDDED_DIR) / embedded_secret.FILE_NAME
+    stored = Path(EMBEDDED_DIR) / embedded_secret.INGEST_SECRET_FILE
     if not os.environ.get("DATABASE_URL") and stored.exists():
         return stored.read_text().strip()
     return None

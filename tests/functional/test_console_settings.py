@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from core.config import Settings, embedded_secret_key
+from core.config import Settings
+from core.embedded_secret import session_key
 from core.errors import ConfigError
 
 PRODUCTION = {
@@ -25,7 +26,7 @@ def test_embedded_mode_generates_a_private_key_once_and_keeps_it(
     assert first is not None
     assert len(first.get_secret_value()) >= 32
     kept = tmp_path / "var" / "secret_key"
-    assert kept.read_text() == first.get_secret_value()
+    assert kept.read_text().strip() == first.get_secret_value()
     assert stat.S_IMODE(kept.stat().st_mode) == 0o600
     assert Settings.from_env({}).secret_key == first  # a restart keeps every session
     assert first.get_secret_value() not in repr(Settings.from_env({}))
@@ -35,7 +36,7 @@ def test_processes_starting_together_agree_on_one_key(tmp_path: Path) -> None:
     path = tmp_path / "secret_key"
     keys: list[str] = []
     threads = [
-        threading.Thread(target=lambda: keys.append(embedded_secret_key(path))) for _ in range(8)
+        threading.Thread(target=lambda: keys.append(session_key(path.parent))) for _ in range(8)
     ]
     for thread in threads:
         thread.start()

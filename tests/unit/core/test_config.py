@@ -37,7 +37,11 @@ class TestFromEnv:
         secret_file = tmp_path / "var" / "ingest-signing-secret"
         assert secret_file.read_text().strip() == first
         assert secret_file.stat().st_mode & 0o777 == 0o600
-        assert [p.name for p in (tmp_path / "var").iterdir()] == ["ingest-signing-secret"]
+        # Written aside and linked into place: no draft is left beside the embedded secrets.
+        assert sorted(p.name for p in (tmp_path / "var").iterdir()) == [
+            "ingest-signing-secret",
+            "secret_key",
+        ]
 
     def test_a_configured_ingest_secret_wins_in_the_embedded_mode(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
