@@ -70,6 +70,22 @@ class Delivery(Base):
         sa.UniqueConstraint("event_id", "webhook_id", "meeting_sequence"),
         sa.Index("ix_deliveries_due", "status", "next_attempt_at"),
         sa.Index("ix_deliveries_user_created", "user_id", "id"),
+        # The ordering rule's look for an earlier pending delivery of the same meeting and URL.
+        sa.Index(
+            "ix_deliveries_pending_meeting",
+            "meeting_id",
+            "meeting_sequence",
+            postgresql_where=sa.text("status = 'pending'"),
+            sqlite_where=sa.text("status = 'pending'"),
+        ),
+        # The per-host bound's count of live leases.
+        sa.Index(
+            "ix_deliveries_pending_host",
+            "destination_host",
+            "locked_until",
+            postgresql_where=sa.text("status = 'pending'"),
+            sqlite_where=sa.text("status = 'pending'"),
+        ),
         sa.CheckConstraint("status IN ('pending', 'succeeded', 'failed')", name="status"),
         sa.CheckConstraint("(event_id IS NULL) <> (alert_id IS NULL)", name="one_subject"),
     )
@@ -99,6 +115,12 @@ class Delivery(Base):
     # serves the release before 0002, which does not know the column.
     meeting_sequence: Mapped[int] = mapped_column(server_default=sa.text("0"))
     callback_url: Mapped[str] = mapped_column(sa.String(2048))
+    # `host:port` of the callback URL: at most DELIVERY_MAX_IN_FLIGHT_PER_HOST attempts are in
+    # flight to one (`outbound_http.destination_host`).
+    destination_host: Mapped[str] = mapped_column(sa.String(300), server_default=sa.text("''"))
+    # Waits while an earlier delivery of its meeting to its URL is pending (its webhook's
+    # `ordered`, fixed when it is made); an alert is never ordered.
+    ordered: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     # The exact body bytes, fixed when the delivery is created, so every retry is identical.
     body: Mapped[str] = mapped_column(sa.Text)
     status: Mapped[str] = mapped_column(sa.String(16), default="pending")

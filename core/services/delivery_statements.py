@@ -14,6 +14,7 @@ import datetime as dt
 from typing import Any, cast
 
 import sqlalchemy as sa
+from sqlalchemy.sql.selectable import NamedFromClause
 
 from core.db import UTCDateTime
 from core.models import Delivery, DeliveryAttempt, User, Webhook
@@ -40,18 +41,71 @@ def _due(table: sa.FromClause, now: sa.BindParameter[dt.datetime]) -> sa.ColumnE
 
 
 def claimable(
-    candidate: sa.FromClause, now: sa.BindParameter[dt.datetime]
+    candidate: NamedFromClause, now: sa.BindParameter[dt.datetime]
 ) -> sa.ColumnElement[bool]:
     """Say in SQL whether a row of `candidate` (an alias of deliveries) may be claimed now.
 
     Due, not leased, and its owner is there to sign it (a user's deletion takes their
-    deliveries with it). The pick and `more_due` both ask this, so a rule about which
-    delivery may go next (such as one that holds a delivery back while an earlier one of the
-    same meeting and URL is pending: another NOT EXISTS here) is written once.
+    deliveries with it); not behind an earlier delivery of its meeting to its URL (`ordered`),
+    and its host has a free slot (`:max_in_flight` live leases at most). The pick and
+    `more_due` both ask this, so the rule about which delivery may go next is written once.
     """
     return sa.and_(
         _due(candidate, now),
         sa.exists().where(_users.c.id == candidate.c.user_id),
+        sa.or_(candidate.c.ordered == sa.false(), ~sa.exists(ahead_of(candidate))),
+        sa.or_(
+            candidate.c.destination_host == "",
+            in_flight_to_host(candidate, now) < sa.bindparam("max_in_flight", type_=sa.Integer()),
+        ),
+    )
+
+
+def _of(candidate: NamedFromClause, column: str) -> sa.ColumnElement[Any]:
+    """Refer to `candidate`'s column from a subquery nested in it, with its name written out.
+
+    SQLAlchemy's SQLite compiler drops the table name of every column inside an UPDATE's
+    RETURNING clause, subqueries included, where `meeting_id` would then mean the innermost
+    table's own column: `more_due` asks `claimable` there.
+    """
+    return sa.literal_column(f"{candidate.name}.{column}", type_=candidate.c[column].type)
+
+
+def ahead_of(candidate: NamedFromClause) -> sa.Select[Any]:
+    """Select the pending callbacks `candidate` waits for (when it is `ordered`).
+
+    Those of the same meeting to the same URL that come before it by the meeting's sequence
+    (then by id): the order the service learned what it sends, so that a correction, made at
+    a higher sequence, goes after what it corrects (docs/DECISIONS.md, "Ordered delivery").
+    """
+    earlier = _deliveries.alias(f"{candidate.name}_earlier")
+    sequence = _of(candidate, "meeting_sequence")
+    return sa.select(earlier.c.id).where(
+        earlier.c.meeting_id == _of(candidate, "meeting_id"),
+        earlier.c.callback_url == _of(candidate, "callback_url"),
+        earlier.c.status == "pending",
+        earlier.c.event_id.is_not(None),
+        sa.or_(
+            earlier.c.meeting_sequence < sequence,
+            sa.and_(earlier.c.meeting_sequence == sequence, earlier.c.id < _of(candidate, "id")),
+        ),
+    )
+
+
+def in_flight_to_host(
+    candidate: NamedFromClause, now: sa.BindParameter[dt.datetime]
+) -> sa.ScalarSelect[int]:
+    """Count the live leases (attempts in flight) to `candidate`'s destination host."""
+    busy = _deliveries.alias(f"{candidate.name}_busy")
+    return (
+        sa.select(sa.func.count())
+        .select_from(busy)
+        .where(
+            busy.c.destination_host == _of(candidate, "destination_host"),
+            busy.c.status == "pending",
+            busy.c.locked_until > now,
+        )
+        .scalar_subquery()
     )
 
 
@@ -79,7 +133,11 @@ def _claim_statement(*, named: bool) -> sa.Update:
     """
     now = sa.bindparam("now", type_=UTCDateTime())
     candidate = _deliveries.alias("candidate")
-    pick = sa.select(candidate.c.id).where(claimable(candidate, now))
+    pick = sa.select(candidate.c.id).where(
+        claimable(candidate, now),
+        # Hosts this claim found full after all (PostgreSQL's recount, `claim_next`).
+        candidate.c.destination_host.not_in(sa.bindparam("skip_hosts", expanding=True)),
+    )
     if named:
         pick = pick.where(candidate.c.id.in_(sa.bindparam("among", expanding=True)))
     picked = (
@@ -115,6 +173,7 @@ def _claim_statement(*, named: bool) -> sa.Update:
             d.c.body,
             d.c.attempt_count,
             d.c.locked_until,
+            d.c.destination_host,
             of_user(_users.c.signing_secret).label("secret"),
             of_user(_users.c.previous_signing_secret).label("previous_secret"),
             of_user(_users.c.previous_secret_valid_until).label("previous_valid_until"),
@@ -126,6 +185,16 @@ def _claim_statement(*, named: bool) -> sa.Update:
             sa.exists()
             .where(claimable(other, now), other.c.id != outer_row(d.c.id))
             .label("more_due"),
+            # Another delivery to its host is due but for the bound, perhaps: once this
+            # attempt ends and frees a slot, the drain looks for more (`Claim.host_backlog`).
+            sa.exists()
+            .where(
+                _due(other, now),
+                other.c.destination_host == outer_row(d.c.destination_host),
+                other.c.destination_host != "",
+                other.c.id != outer_row(d.c.id),
+            )
+            .label("host_backlog"),
             # An attempt still in progress at the next claim is one whose worker died.
             sa.exists()
             .where(_attempts.c.delivery_id == outer_row(d.c.id), _attempts.c.error == IN_PROGRESS)
@@ -200,6 +269,70 @@ RECORD_ATTEMPT = (
         response_body=sa.bindparam("answer"),
     )
 )
+
+
+def next_in_line(ended: sa.Table) -> sa.ScalarSelect[int]:
+    """The first pending callback of the ended delivery's meeting to its URL: wake it now.
+
+    Written for an UPDATE's RETURNING (`outer_row`); an alert (no event) has no line.
+    """
+    following = _deliveries.alias("following")
+    return (
+        sa.select(following.c.id)
+        .where(
+            following.c.meeting_id == outer_row(ended.c.meeting_id),
+            following.c.callback_url == outer_row(ended.c.callback_url),
+            following.c.status == "pending",
+            following.c.event_id.is_not(None),
+            following.c.id != outer_row(ended.c.id),
+            outer_row(ended.c.event_id).is_not(None),
+        )
+        .order_by(following.c.meeting_sequence, following.c.id)
+        .limit(1)
+        .scalar_subquery()
+    )
+
+
+# The per-host bound on PostgreSQL (see `delivery_states.claim_next`): a claim holds its host's
+# lock from the moment it counts until it commits, so two claims never both take the last slot.
+HOST_LOCK_CLASS = 13
+LOCK_HOST = sa.select(
+    sa.func.pg_advisory_xact_lock(HOST_LOCK_CLASS, sa.func.hashtext(sa.bindparam("host")))
+)
+TRY_LOCK_HOST = sa.select(
+    sa.func.pg_try_advisory_xact_lock(HOST_LOCK_CLASS, sa.func.hashtext(sa.bindparam("host")))
+)
+IN_FLIGHT_TO_HOST = (
+    sa.select(sa.func.count())
+    .select_from(_deliveries)
+    .where(
+        _deliveries.c.destination_host == sa.bindparam("host"),
+        _deliveries.c.status == "pending",
+        _deliveries.c.locked_until > sa.bindparam("now", type_=UTCDateTime()),
+    )
+)
+UNCLAIM = (
+    sa.update(_deliveries)
+    .where(_deliveries.c.id == sa.bindparam("claimed_id"))
+    .values(attempt_count=_deliveries.c.attempt_count - 1, locked_until=None)
+)
+# A 429 or 503 slows its host: the host's other waiting deliveries wait as long as it does.
+HOLD_HOST = (
+    sa.update(_deliveries)
+    .where(
+        _deliveries.c.destination_host == sa.bindparam("host"),
+        _deliveries.c.destination_host != "",
+        _deliveries.c.status == "pending",
+        _deliveries.c.next_attempt_at < sa.bindparam("until", type_=UTCDateTime()),
+        sa.or_(
+            _deliveries.c.locked_until.is_(None),
+            _deliveries.c.locked_until <= sa.bindparam("now", type_=UTCDateTime()),
+        ),
+    )
+    .values(next_attempt_at=sa.bindparam("until", type_=UTCDateTime()), enqueue_count=0)
+)
+
+
 SUCCEED = (
     sa.update(_deliveries)
     .where(
@@ -217,7 +350,10 @@ SUCCEED = (
         # Written out: the Python-side onupdate is not applied to a statement with a WITH.
         updated_at=sa.bindparam("now", type_=UTCDateTime()),
     )
-    .returning(*alert_triggers.success_columns(_deliveries))
+    .returning(
+        *alert_triggers.success_columns(_deliveries),
+        next_in_line(_deliveries).label("next_in_line"),
+    )
 )
 # PostgreSQL: the attempt row's UPDATE rides along in the same statement (DML in WITH).
 SUCCEED_AND_LOG = SUCCEED.add_cte(RECORD_ATTEMPT.cte("logged"))
