@@ -14,10 +14,11 @@ import datetime as dt
 from typing import Any, cast
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql.selectable import NamedFromClause
 
 from core.db import UTCDateTime
-from core.models import Delivery, DeliveryAttempt, User, Webhook
+from core.models import Delivery, DeliveryAttempt, HostSlot, User, Webhook
 from core.services import alert_triggers
 
 # An attempt's `error` while it runs; at the next claim, one whose worker died; not sent at all.
@@ -293,24 +294,50 @@ def next_in_line(ended: sa.Table) -> sa.ScalarSelect[int]:
     )
 
 
-# The per-host bound on PostgreSQL (see `delivery_states.claim_next`): a claim holds its host's
-# lock from the moment it counts until it commits, so two claims never both take the last slot.
-HOST_LOCK_CLASS = 13
-LOCK_HOST = sa.select(
-    sa.func.pg_advisory_xact_lock(HOST_LOCK_CLASS, sa.func.hashtext(sa.bindparam("host")))
-)
-TRY_LOCK_HOST = sa.select(
-    sa.func.pg_try_advisory_xact_lock(HOST_LOCK_CLASS, sa.func.hashtext(sa.bindparam("host")))
-)
-IN_FLIGHT_TO_HOST = (
-    sa.select(sa.func.count())
-    .select_from(_deliveries)
+# The per-host bound on PostgreSQL (see `delivery_states.claim_next`): a claim also takes one
+# of its host's slots, SKIP LOCKED, so two claims never take the same one and never wait.
+_slots = cast("sa.Table", HostSlot.__table__)
+_slot_holder = _deliveries.alias("holder")
+TAKE_SLOT = (
+    sa.update(_slots)
     .where(
-        _deliveries.c.destination_host == sa.bindparam("host"),
-        _deliveries.c.status == "pending",
-        _deliveries.c.locked_until > sa.bindparam("now", type_=UTCDateTime()),
+        _slots.c.host == sa.bindparam("slot_host"),
+        _slots.c.slot
+        == (
+            sa.select(_slots.c.slot)
+            .where(
+                _slots.c.host == sa.bindparam("slot_host"),
+                _slots.c.slot <= sa.bindparam("max_in_flight", type_=sa.Integer()),
+                # Free unless the delivery it names still holds the lease it names.
+                ~sa.exists().where(
+                    _slot_holder.c.id == _slots.c.delivery_id,
+                    _slot_holder.c.locked_until == _slots.c.locked_until,
+                    _slot_holder.c.locked_until > sa.bindparam("now", type_=UTCDateTime()),
+                ),
+            )
+            .order_by(_slots.c.slot)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        ),
     )
+    .values(
+        delivery_id=sa.bindparam("claimed_id"),
+        locked_until=sa.bindparam("lease", type_=UTCDateTime()),
+    )
+    .returning(_slots.c.slot)
 )
+
+
+def add_slots(host: str, count: int) -> sa.Insert:
+    """Give a host its slots 1..count (those it has stay as they are)."""
+    return (
+        postgresql.insert(_slots)
+        .values([{"host": host, "slot": slot} for slot in range(1, count + 1)])
+        .on_conflict_do_nothing()
+    )
+
+
 UNCLAIM = (
     sa.update(_deliveries)
     .where(_deliveries.c.id == sa.bindparam("claimed_id"))

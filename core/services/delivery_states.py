@@ -30,7 +30,7 @@ import sqlalchemy as sa
 
 from core import task_names, wakeups
 from core.db import utcnow
-from core.models import Delivery, DeliveryAttempt, User, Webhook
+from core.models import Delivery, DeliveryAttempt, HostSlot, User, Webhook
 from core.services import accounts, alert_triggers
 from core.services import delivery_statements as sql
 from core.services.delivery_statements import WEBHOOK_DISABLED
@@ -45,8 +45,6 @@ JITTER = 0.2
 RETRY_AFTER_STATUSES = (429, 503)
 # The per-host bound when a caller gives none (tests of other rules): no bound.
 UNBOUNDED = 2**31 - 1
-# session.info: this transaction holds a host's lock (PostgreSQL's bound, `claim_next`).
-HOLDS_HOST_LOCK = "meetinghooks.holds_host_lock"
 
 _jitter_source = random.SystemRandom()
 
@@ -133,7 +131,7 @@ def claim_next(
     Which delivery may go is `delivery_statements.claimable`: it also waits behind an earlier
     one of its meeting to its URL, and for a free slot of its host (`max_in_flight` leases).
     SQLite's write lock makes the claim's count exact; on PostgreSQL two claims could count
-    the same free slot, so a claim then locks its host and counts again (`_host_slot_held`).
+    the same free slot, so a claim also takes a slot row of its host (`_host_slot_held`).
     """
     connection = session.connection()
     together = connection.dialect.name == "postgresql"
@@ -162,8 +160,16 @@ def claim_next(
             return None
         opened = row.attempt_id if together else None
         bounded = together and row.destination_host and max_in_flight is not None
-        if bounded and not _host_slot_held(session, row.destination_host, bound, now):
+        if bounded and not _host_slot_held(
+            session,
+            row.destination_host,
+            claimed_id=row.id,
+            lease=row.locked_until,
+            bound=bound,
+            now=now,
+        ):
             # Another claim took the host's last slot first: give this one back, skip the host.
+            # (Our row locks stay until commit: the slot we did not get is not ours to wait on.)
             connection.execute(sql.DROP_ATTEMPT, {"opened": opened})
             connection.execute(sql.UNCLAIM, {"claimed_id": row.id})
             full_hosts.append(row.destination_host)
@@ -205,23 +211,37 @@ def claim_next(
         )
 
 
-def _host_slot_held(session: Session, host: str, bound: int, now: dt.datetime) -> bool:
-    """PostgreSQL: lock the claimed delivery's host, then count its live leases, ours included.
+def _host_slot_held(
+    session: Session,
+    host: str,
+    *,
+    claimed_id: int,
+    lease: dt.datetime,
+    bound: int,
+    now: dt.datetime,
+) -> bool:
+    """PostgreSQL: take one of the host's slots for this lease; False when all are busy.
 
-    The lock is held until the transaction commits, so whoever counts next sees this lease.
-    The first host lock of a transaction is waited for (a claim commits at once); a further
-    one is only tried, so that two transactions never wait for each other's host. A host
-    whose lock is taken, or that is full after all, is left out of this claim.
+    The claim's own count (`claimable`) saw a snapshot: two claims could both have seen the
+    last free slot. A slot row is taken SKIP LOCKED and stays busy while this lease holds, so
+    of two such claims one finds no slot and gives its delivery back. A host seen for the
+    first time gets its slots here.
     """
     connection = session.connection()
-    if session.info.get(HOLDS_HOST_LOCK):
-        if not connection.scalar(sql.TRY_LOCK_HOST, {"host": host}):
-            return False
-    else:
-        connection.execute(sql.LOCK_HOST, {"host": host})
-        session.info[HOLDS_HOST_LOCK] = True
-    in_flight = connection.scalar(sql.IN_FLIGHT_TO_HOST, {"host": host, "now": now}) or 0
-    return bool(in_flight <= bound)
+    params = {
+        "slot_host": host,
+        "max_in_flight": bound,
+        "now": now,
+        "claimed_id": claimed_id,
+        "lease": lease,
+    }
+    if connection.execute(sql.TAKE_SLOT, params).first() is not None:
+        return True
+    slots = connection.scalar(sa.select(sa.func.count()).where(HostSlot.host == host)) or 0
+    if slots >= bound:
+        return False
+    connection.execute(sql.add_slots(host, bound))
+    return connection.execute(sql.TAKE_SLOT, params).first() is not None
 
 
 def _fail_at_claim(

@@ -9,7 +9,8 @@ several deploys. Revisions never import core.models; use op.* and sa.table().
 
 Issue 13: a webhook says whether its deliveries wait for the earlier ones of their meeting
 (`ordered`, true for existing webhooks, as for new ones); a delivery carries that flag and its
-callback host (`destination_host`, `host:port`), which the per-host bound counts leases by.
+callback host (`destination_host`, `host:port`), which the per-host bound counts leases by;
+`host_slots` holds each host's sending slots (PostgreSQL's exact bound), made when first needed.
 Existing callbacks are ordered and get their host from their URL; existing alerts are not
 ordered. The previous release writes deliveries without either column: unordered, and host ''
 (which the bound leaves alone), so it delivers as it did.
@@ -27,7 +28,6 @@ down_revision = "0004"
 branch_labels = None
 depends_on = None
 
-PENDING = sa.text("status = 'pending'")
 DEFAULT_PORTS = {"http": 80, "https": 443}
 BATCH = 1000
 
@@ -44,6 +44,14 @@ def _host(url: str) -> str:
 
 
 def upgrade() -> None:
+    op.create_table(
+        "host_slots",
+        sa.Column("host", sa.String(length=300), nullable=False),
+        sa.Column("slot", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("delivery_id", sa.Integer(), nullable=True),
+        sa.Column("locked_until", sa.DateTime(), nullable=True),
+        sa.PrimaryKeyConstraint("host", "slot", name=op.f("pk_host_slots")),
+    )
     with op.batch_alter_table("webhooks", schema=None) as batch_op:
         batch_op.add_column(
             sa.Column("ordered", sa.Boolean(), server_default=sa.true(), nullable=False)
@@ -60,19 +68,16 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("ordered", sa.Boolean(), server_default=sa.false(), nullable=False)
         )
+        # The claim's order, whole: the pick then stops at the first claimable row.
+        batch_op.drop_index("ix_deliveries_due")
         batch_op.create_index(
-            "ix_deliveries_pending_meeting",
-            ["meeting_id", "meeting_sequence"],
-            unique=False,
-            postgresql_where=PENDING,
-            sqlite_where=PENDING,
+            "ix_deliveries_due", ["status", "next_attempt_at", "id"], unique=False
         )
         batch_op.create_index(
-            "ix_deliveries_pending_host",
-            ["destination_host", "locked_until"],
-            unique=False,
-            postgresql_where=PENDING,
-            sqlite_where=PENDING,
+            "ix_deliveries_meeting_sequence", ["meeting_id", "meeting_sequence"], unique=False
+        )
+        batch_op.create_index(
+            "ix_deliveries_host_lease", ["destination_host", "locked_until"], unique=False
         )
     op.execute("UPDATE deliveries SET ordered = true WHERE event_id IS NOT NULL")
     deliveries = sa.table(
@@ -100,9 +105,12 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     with op.batch_alter_table("deliveries", schema=None) as batch_op:
-        batch_op.drop_index("ix_deliveries_pending_host", sqlite_where=PENDING)
-        batch_op.drop_index("ix_deliveries_pending_meeting", sqlite_where=PENDING)
+        batch_op.drop_index("ix_deliveries_host_lease")
+        batch_op.drop_index("ix_deliveries_meeting_sequence")
+        batch_op.drop_index("ix_deliveries_due")
+        batch_op.create_index("ix_deliveries_due", ["status", "next_attempt_at"], unique=False)
         batch_op.drop_column("ordered")
         batch_op.drop_column("destination_host")
     with op.batch_alter_table("webhooks", schema=None) as batch_op:
         batch_op.drop_column("ordered")
+    op.drop_table("host_slots")

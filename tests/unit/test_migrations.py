@@ -290,6 +290,7 @@ def check_0005(conn: Connection) -> None:
     assert (bool(row.ordered), row.destination_host) == (True, "hooks.example.com:443")
     ordered = conn.execute(sa.text("SELECT ordered FROM webhooks WHERE id = 1")).scalar_one()
     assert bool(ordered) is True
+    assert conn.execute(sa.text("SELECT count(*) FROM host_slots")).scalar_one() == 0
 
 
 @dataclass(frozen=True)
