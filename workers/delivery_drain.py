@@ -255,9 +255,7 @@ class Drain:
                         recorded = record(
                             session, claimed, outcome, settings=self.settings, rng=self.rng
                         )
-                        # A freed slot of a full host lets its next delivery go.
-                        go_on = claimed.more_due or claimed.host_backlog
-                        following = self._claim(session, named, go_on=go_on)
+                        following = self._claim(session, named, go_on=claimed.more_due)
                     log_attempt(claimed, outcome, recorded)
                     made += 1
                     claimed = following

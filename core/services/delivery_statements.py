@@ -41,19 +41,33 @@ def _due(table: sa.FromClause, now: sa.BindParameter[dt.datetime]) -> sa.ColumnE
     )
 
 
+def eligible(
+    candidate: sa.FromClause, now: sa.BindParameter[dt.datetime]
+) -> sa.ColumnElement[bool]:
+    """Say in SQL whether a row of `candidate` is due, not leased, and its owner is there.
+
+    (A user's deletion takes their deliveries with it.) `more_due` asks only this: it may
+    then say yes for a delivery that waits (for an earlier one, or for its host), and a lane
+    started for it finds nothing and stops; asking `claimable` there cost every claim the
+    planning of its subqueries twice.
+    """
+    return sa.and_(
+        _due(candidate, now),
+        sa.exists().where(_users.c.id == candidate.c.user_id),
+    )
+
+
 def claimable(
     candidate: NamedFromClause, now: sa.BindParameter[dt.datetime]
 ) -> sa.ColumnElement[bool]:
     """Say in SQL whether a row of `candidate` (an alias of deliveries) may be claimed now.
 
-    Due, not leased, and its owner is there to sign it (a user's deletion takes their
-    deliveries with it); not behind an earlier delivery of its meeting to its URL (`ordered`),
-    and its host has a free slot (`:max_in_flight` live leases at most). The pick and
-    `more_due` both ask this, so the rule about which delivery may go next is written once.
+    `eligible`, not behind an earlier delivery of its meeting to its URL (`ordered`), and its
+    host has a free slot (fewer than `:max_in_flight` live leases). The rule about which
+    delivery may go next is written here once.
     """
     return sa.and_(
-        _due(candidate, now),
-        sa.exists().where(_users.c.id == candidate.c.user_id),
+        eligible(candidate, now),
         sa.or_(candidate.c.ordered == sa.false(), ~sa.exists(ahead_of(candidate))),
         sa.or_(
             candidate.c.destination_host == "",
@@ -184,18 +198,8 @@ def _claim_statement(*, named: bool) -> sa.Update:
             .scalar_subquery()
             .label("webhook_disabled_at"),
             sa.exists()
-            .where(claimable(other, now), other.c.id != outer_row(d.c.id))
+            .where(eligible(other, now), other.c.id != outer_row(d.c.id))
             .label("more_due"),
-            # Another delivery to its host is due but for the bound, perhaps: once this
-            # attempt ends and frees a slot, the drain looks for more (`Claim.host_backlog`).
-            sa.exists()
-            .where(
-                _due(other, now),
-                other.c.destination_host == outer_row(d.c.destination_host),
-                other.c.destination_host != "",
-                other.c.id != outer_row(d.c.id),
-            )
-            .label("host_backlog"),
             # An attempt still in progress at the next claim is one whose worker died.
             sa.exists()
             .where(_attempts.c.delivery_id == outer_row(d.c.id), _attempts.c.error == IN_PROGRESS)

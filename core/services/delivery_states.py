@@ -53,8 +53,10 @@ _jitter_source = random.SystemRandom()
 class Claim:
     """A leased delivery: everything `send` needs, and the lease that fences `record`.
 
-    `more_due` says whether another delivery was due and free when it was claimed: the
-    queue is not empty (`workers.delivery_drain` then keeps claiming, and widens).
+    `more_due` says whether another delivery was due and free when it was claimed (it may
+    wait for an earlier one or for its host's slot): the queue is not empty
+    (`workers.delivery_drain` then keeps claiming, and widens; a lane that finds nothing
+    claimable stops). So a slot that an attempt frees is refilled by the lane that recorded it.
     """
 
     delivery_id: int
@@ -66,9 +68,6 @@ class Claim:
     secrets: tuple[str, ...]
     more_due: bool = False
     destination_host: str = ""
-    # Another delivery to its host was due, perhaps held back by the per-host bound only:
-    # once this attempt ends (a slot frees), look for more even if `more_due` was false.
-    host_backlog: bool = False
 
 
 @dataclass(frozen=True)
@@ -207,7 +206,6 @@ def claim_next(
             secrets=tuple(accounts.active_signing_secrets(signer, now=now)),
             more_due=bool(row.more_due),
             destination_host=row.destination_host,
-            host_backlog=bool(row.host_backlog),
         )
 
 

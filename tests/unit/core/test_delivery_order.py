@@ -212,7 +212,7 @@ class TestPerHostBound:
         second = claim(session_factory, busy[1], max_in_flight=2)
         assert first is not None
         assert second is not None
-        assert second.host_backlog  # the third waits for a slot of the host
+        assert second.more_due  # the third waits for a slot of the host: lanes look on
         assert claim(session_factory, busy[2], max_in_flight=2) is None
         served = claim(session_factory, max_in_flight=2)
         assert served is not None
