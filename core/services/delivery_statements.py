@@ -5,7 +5,9 @@ LOCKED on PostgreSQL, the write lock of BEGIN IMMEDIATE on SQLite), leases it an
 that `outbound_http.send` needs; on PostgreSQL the INSERT of its attempt row rides in the same
 statement (DML in WITH). A success is one UPDATE of the delivery fenced by its lease, with the
 attempt row's UPDATE in its WITH on PostgreSQL. `delivery_states` runs them and decides what they
-mean; the attempt log's words for an attempt that did not end normally live here too.
+mean; the attempt log's words for an attempt that did not end normally live here too. Which
+delivery may go is `claimable`: due, in order within its meeting and URL, and within its host's
+bound (issue 13); on PostgreSQL a claim also takes one of its host's slot rows (`TAKE_SLOT`).
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ def _of(candidate: NamedFromClause, column: str) -> sa.ColumnElement[Any]:
 
     SQLAlchemy's SQLite compiler drops the table name of every column inside an UPDATE's
     RETURNING clause, subqueries included, where `meeting_id` would then mean the innermost
-    table's own column: `more_due` asks `claimable` there.
+    table's own column: written out, `claimable` holds wherever it is asked.
     """
     return sa.literal_column(f"{candidate.name}.{column}", type_=candidate.c[column].type)
 
@@ -150,7 +152,7 @@ def _claim_statement(*, named: bool) -> sa.Update:
     candidate = _deliveries.alias("candidate")
     pick = sa.select(candidate.c.id).where(
         claimable(candidate, now),
-        # Hosts this claim found full after all (PostgreSQL's recount, `claim_next`).
+        # Hosts this claim found full after all (no slot free on PostgreSQL, `claim_next`).
         candidate.c.destination_host.not_in(sa.bindparam("skip_hosts", expanding=True)),
     )
     if named:
