@@ -64,6 +64,9 @@ class Settings(BaseModel):
     # threads (they mostly wait on receivers, up to twice CALLBACK_TIMEOUT_SECONDS each).
     event_concurrency: Annotated[int, Field(ge=1, le=64)] = 2
     delivery_concurrency: Annotated[int, Field(ge=1, le=1000)] = 32
+    # Attempts in flight to one callback host (`host:port`) across every worker: counted from
+    # the live leases at each claim, in the database.
+    delivery_max_in_flight_per_host: Annotated[int, Field(ge=1, le=10000)] = 8
     embedded: bool = False
     log_level: str = "INFO"
     # Every process's lines: human-readable text, or one JSON object a line (core.logs).
@@ -179,6 +182,7 @@ class Settings(BaseModel):
             "WORKER_METRICS_HOST": "worker_metrics_host",
             "EVENT_CONCURRENCY": "event_concurrency",
             "DELIVERY_CONCURRENCY": "delivery_concurrency",
+            "DELIVERY_MAX_IN_FLIGHT_PER_HOST": "delivery_max_in_flight_per_host",
             "LOG_LEVEL": "log_level",
             "LOG_FORMAT": "log_format",
             "GRACEFUL_TIMEOUT_SECONDS": "graceful_timeout_seconds",

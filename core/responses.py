@@ -80,6 +80,13 @@ class DeliveryOut(Response):
     createdAt: Instant
     nextAttemptAt: Time = Field(description="When the next attempt is due; null once done.")
     completedAt: Time
+    waitingFor: int | None = Field(
+        description=(
+            "The id of the delivery ahead of it while it waits: an earlier delivery of its "
+            "meeting to the same callback URL is still pending (ordered delivery); null when "
+            "it does not wait."
+        )
+    )
     attempts: list[AttemptOut]
 
     @classmethod
@@ -97,6 +104,7 @@ class DeliveryOut(Response):
             createdAt=d.created_at,
             nextAttemptAt=d.next_attempt_at,
             completedAt=d.completed_at,
+            waitingFor=logged.waiting_for,
             attempts=[
                 AttemptOut(
                     at=a.attempted_at,

@@ -65,7 +65,9 @@ WEBHOOKS_SCHEMA: dict[str, Any] = {
     "type": "object",
     "description": (
         "Callbacks to register, keyed by lifecycle event (`meeting.start`, `meeting.end`): "
-        '`{"callbackUrl": "https://...", "customCallbackData": <any JSON, at most 4 KiB>}`. '
+        '`{"callbackUrl": "https://...", "customCallbackData": <any JSON, at most 4 KiB>, '
+        '"ordered": true}`. `ordered` (our extension, default true): a delivery waits while an '
+        "earlier one of the meeting to the same URL is pending; `false` sends it at once. "
         "An entry that cannot be registered is reported in `webhooksStatus`; `null` is a 400."
     ),
     "examples": [
@@ -74,7 +76,7 @@ WEBHOOKS_SCHEMA: dict[str, Any] = {
                 "callbackUrl": "https://hooks.example.com/meetings",
                 "customCallbackData": {"ticket": 42},
             },
-            "meeting.end": {"callbackUrl": "https://hooks.example.com/meetings"},
+            "meeting.end": {"callbackUrl": "https://hooks.example.com/meetings", "ordered": True},
         }
     ],
 }

@@ -270,9 +270,14 @@ class Drain:
         """Claim the next named delivery that is due; past them, with `go_on`, any due one."""
         lease = delivery_states.lease_duration(self.settings)
         max_attempts = len(self.settings.retry_schedule) + 1
+        bound = self.settings.delivery_max_in_flight_per_host
         while named:
             claimed = delivery_states.claim_next(
-                session, among=named, lease=lease, max_attempts=max_attempts
+                session,
+                among=named,
+                lease=lease,
+                max_attempts=max_attempts,
+                max_in_flight=bound,
             )
             if claimed is not None:
                 named.remove(claimed.delivery_id)
@@ -288,7 +293,9 @@ class Drain:
         if time.monotonic() >= self.stop_claiming or stopping():
             self.unfinished = True
             return None
-        return delivery_states.claim_next(session, lease=lease, max_attempts=max_attempts)
+        return delivery_states.claim_next(
+            session, lease=lease, max_attempts=max_attempts, max_in_flight=bound
+        )
 
     def _widen(self) -> None:
         """Start a lane on a free slot, if there is one: more is due than this lane sends."""

@@ -2,7 +2,7 @@
 
 from core.models.accounts import SCOPES, AccessToken, User
 from core.models.alerts import Alert, AlertRule, AlertType
-from core.models.events import Delivery, DeliveryAttempt, Event
+from core.models.events import Delivery, DeliveryAttempt, Event, HostSlot
 from core.models.meetings import EVENT_TYPES, Meeting, PresenterLink, Webhook
 from core.models.replays import DeliveryReplay
 
@@ -17,6 +17,7 @@ __all__ = [
     "DeliveryAttempt",
     "DeliveryReplay",
     "Event",
+    "HostSlot",
     "Meeting",
     "PresenterLink",
     "User",

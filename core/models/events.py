@@ -70,8 +70,17 @@ class Delivery(Base):
         # re-sends it as the next `generation`: the constraint lets only one replay of a
         # delivery through, however many run at once.
         sa.UniqueConstraint("event_id", "webhook_id", "meeting_sequence", "generation"),
-        sa.Index("ix_deliveries_due", "status", "next_attempt_at"),
+        # The claim's order (next_attempt_at, id): walked in index order, the pick stops at the
+        # first claimable row instead of checking every due one (the ordering and bound checks
+        # are subqueries) before a sort.
+        sa.Index("ix_deliveries_due", "status", "next_attempt_at", "id"),
         sa.Index("ix_deliveries_user_created", "user_id", "id"),
+        # The ordering rule's look for an earlier pending delivery of the same meeting and URL.
+        # Not partial (WHERE status = 'pending'): the claim binds the status as a parameter,
+        # and PostgreSQL's generic plans cannot use an index whose predicate they cannot prove.
+        sa.Index("ix_deliveries_meeting_sequence", "meeting_id", "meeting_sequence"),
+        # The per-host bound's count of live leases (locked_until > now: a short range).
+        sa.Index("ix_deliveries_host_lease", "destination_host", "locked_until"),
         sa.CheckConstraint("status IN ('pending', 'succeeded', 'failed')", name="status"),
         sa.CheckConstraint("(event_id IS NULL) <> (alert_id IS NULL)", name="one_subject"),
     )
@@ -104,6 +113,12 @@ class Delivery(Base):
     # new `webhook-id`, the same body). The server default serves the release before 0006.
     generation: Mapped[int] = mapped_column(server_default=sa.text("0"))
     callback_url: Mapped[str] = mapped_column(sa.String(2048))
+    # `host:port` of the callback URL: at most DELIVERY_MAX_IN_FLIGHT_PER_HOST attempts are in
+    # flight to one (`outbound_http.destination_host`).
+    destination_host: Mapped[str] = mapped_column(sa.String(300), server_default=sa.text("''"))
+    # Waits while an earlier delivery of its meeting to its URL is pending (its webhook's
+    # `ordered`, fixed when it is made); an alert is never ordered.
+    ordered: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     # The exact body bytes, fixed when the delivery is created, so every retry is identical.
     body: Mapped[str] = mapped_column(sa.Text)
     status: Mapped[str] = mapped_column(sa.String(16), default="pending")
@@ -136,3 +151,20 @@ class DeliveryAttempt(Base):
     latency_ms: Mapped[int | None]
     error: Mapped[str | None] = mapped_column(sa.String(64))
     response_body: Mapped[str | None] = mapped_column(sa.Text)
+
+
+class HostSlot(Base):
+    """One of a callback host's DELIVERY_MAX_IN_FLIGHT_PER_HOST sending slots (PostgreSQL).
+
+    Taken by a claim with SKIP LOCKED, it is busy while the delivery it names still holds the
+    lease it names: recording the attempt (or the lease running out) frees it with no write
+    here. A slot is held by one lease at a time, so a host never has more attempts in flight
+    than slots, across every worker (docs/DECISIONS.md, "Ordered delivery and a bound").
+    """
+
+    __tablename__ = "host_slots"
+
+    host: Mapped[str] = mapped_column(sa.String(300), primary_key=True)
+    slot: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    delivery_id: Mapped[int | None]
+    locked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())

@@ -32,6 +32,8 @@ class LoggedDelivery:
     # The `id` its body carries: the event's (`evt_...`) or the alert's.
     subject_id: str | None
     attempts: list[DeliveryAttempt]
+    # The delivery ahead of it while it waits (ordered delivery); None when it does not wait.
+    waiting_for: int | None = None
 
 
 def list_deliveries(
@@ -108,9 +110,37 @@ def with_attempts(session: Session, deliveries: Sequence[Delivery]) -> list[Logg
                 else public_ids.get(("alert", d.alert_id or 0))
             ),
             attempts=attempts[d.id],
+            waiting_for=waiting_for(session, d),
         )
         for d in deliveries
     ]
+
+
+def waiting_for(session: Session, delivery: Delivery) -> int | None:
+    """Return the id of the pending callback an ordered delivery waits for, if any.
+
+    The first of its meeting to its URL still pending ahead of it (by the meeting's
+    sequence, then id; `delivery_statements.ahead_of` is the claim's side of the rule): the
+    one being attempted, which the rest of the line waits behind.
+    """
+    if not delivery.ordered or delivery.status != "pending" or delivery.event_id is None:
+        return None
+    sequence = delivery.meeting_sequence
+    return session.scalar(
+        sa.select(Delivery.id)
+        .where(
+            Delivery.meeting_id == delivery.meeting_id,
+            Delivery.callback_url == delivery.callback_url,
+            Delivery.status == "pending",
+            Delivery.event_id.is_not(None),
+            sa.or_(
+                Delivery.meeting_sequence < sequence,
+                sa.and_(Delivery.meeting_sequence == sequence, Delivery.id < delivery.id),
+            ),
+        )
+        .order_by(Delivery.meeting_sequence, Delivery.id)
+        .limit(1)
+    )
 
 
 def redeliver(

@@ -202,6 +202,9 @@ def _insert_copies(session: Session, sources: list[Delivery], now: dt.datetime) 
             "meeting_sequence": source.meeting_sequence,
             "generation": source.generation + 1,
             "callback_url": source.callback_url,
+            # The copy waits its turn and counts against its host like the original.
+            "destination_host": source.destination_host,
+            "ordered": source.ordered,
             "body": source.body,
             "status": "pending",
             "attempt_count": 0,

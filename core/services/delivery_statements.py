@@ -5,7 +5,9 @@ LOCKED on PostgreSQL, the write lock of BEGIN IMMEDIATE on SQLite), leases it an
 that `outbound_http.send` needs; on PostgreSQL the INSERT of its attempt row rides in the same
 statement (DML in WITH). A success is one UPDATE of the delivery fenced by its lease, with the
 attempt row's UPDATE in its WITH on PostgreSQL. `delivery_states` runs them and decides what they
-mean; the attempt log's words for an attempt that did not end normally live here too.
+mean; the attempt log's words for an attempt that did not end normally live here too. Which
+delivery may go is `claimable`: due, in order within its meeting and URL, and within its host's
+bound (issue 13); on PostgreSQL a claim also takes one of its host's slot rows (`TAKE_SLOT`).
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import datetime as dt
 from typing import Any, cast
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.sql.selectable import NamedFromClause
 
 from core.db import UTCDateTime
-from core.models import Delivery, DeliveryAttempt, User, Webhook
+from core.models import Delivery, DeliveryAttempt, HostSlot, User, Webhook
 from core.services import alert_triggers
 
 # An attempt's `error` while it runs; at the next claim, one whose worker died; not sent at all.
@@ -39,19 +43,86 @@ def _due(table: sa.FromClause, now: sa.BindParameter[dt.datetime]) -> sa.ColumnE
     )
 
 
-def claimable(
+def eligible(
     candidate: sa.FromClause, now: sa.BindParameter[dt.datetime]
 ) -> sa.ColumnElement[bool]:
-    """Say in SQL whether a row of `candidate` (an alias of deliveries) may be claimed now.
+    """Say in SQL whether a row of `candidate` is due, not leased, and its owner is there.
 
-    Due, not leased, and its owner is there to sign it (a user's deletion takes their
-    deliveries with it). The pick and `more_due` both ask this, so a rule about which
-    delivery may go next (such as one that holds a delivery back while an earlier one of the
-    same meeting and URL is pending: another NOT EXISTS here) is written once.
+    (A user's deletion takes their deliveries with it.) `more_due` asks only this: it may
+    then say yes for a delivery that waits (for an earlier one, or for its host), and a lane
+    started for it finds nothing and stops; asking `claimable` there cost every claim the
+    planning of its subqueries twice.
     """
     return sa.and_(
         _due(candidate, now),
         sa.exists().where(_users.c.id == candidate.c.user_id),
+    )
+
+
+def claimable(
+    candidate: NamedFromClause, now: sa.BindParameter[dt.datetime]
+) -> sa.ColumnElement[bool]:
+    """Say in SQL whether a row of `candidate` (an alias of deliveries) may be claimed now.
+
+    `eligible`, not behind an earlier delivery of its meeting to its URL (`ordered`), and its
+    host has a free slot (fewer than `:max_in_flight` live leases). The rule about which
+    delivery may go next is written here once.
+    """
+    return sa.and_(
+        eligible(candidate, now),
+        sa.or_(candidate.c.ordered == sa.false(), ~sa.exists(ahead_of(candidate))),
+        sa.or_(
+            candidate.c.destination_host == "",
+            in_flight_to_host(candidate, now) < sa.bindparam("max_in_flight", type_=sa.Integer()),
+        ),
+    )
+
+
+def _of(candidate: NamedFromClause, column: str) -> sa.ColumnElement[Any]:
+    """Refer to `candidate`'s column from a subquery nested in it, with its name written out.
+
+    SQLAlchemy's SQLite compiler drops the table name of every column inside an UPDATE's
+    RETURNING clause, subqueries included, where `meeting_id` would then mean the innermost
+    table's own column: written out, `claimable` holds wherever it is asked.
+    """
+    return sa.literal_column(f"{candidate.name}.{column}", type_=candidate.c[column].type)
+
+
+def ahead_of(candidate: NamedFromClause) -> sa.Select[Any]:
+    """Select the pending callbacks `candidate` waits for (when it is `ordered`).
+
+    Those of the same meeting to the same URL that come before it by the meeting's sequence
+    (then by id): the order the service learned what it sends, so that a correction, made at
+    a higher sequence, goes after what it corrects (docs/DECISIONS.md, "Ordered delivery").
+    """
+    earlier = _deliveries.alias(f"{candidate.name}_earlier")
+    sequence = _of(candidate, "meeting_sequence")
+    return sa.select(earlier.c.id).where(
+        earlier.c.meeting_id == _of(candidate, "meeting_id"),
+        earlier.c.callback_url == _of(candidate, "callback_url"),
+        earlier.c.status == "pending",
+        earlier.c.event_id.is_not(None),
+        sa.or_(
+            earlier.c.meeting_sequence < sequence,
+            sa.and_(earlier.c.meeting_sequence == sequence, earlier.c.id < _of(candidate, "id")),
+        ),
+    )
+
+
+def in_flight_to_host(
+    candidate: NamedFromClause, now: sa.BindParameter[dt.datetime]
+) -> sa.ScalarSelect[int]:
+    """Count the live leases (attempts in flight) to `candidate`'s destination host."""
+    busy = _deliveries.alias(f"{candidate.name}_busy")
+    return (
+        sa.select(sa.func.count())
+        .select_from(busy)
+        .where(
+            busy.c.destination_host == _of(candidate, "destination_host"),
+            busy.c.status == "pending",
+            busy.c.locked_until > now,
+        )
+        .scalar_subquery()
     )
 
 
@@ -79,7 +150,11 @@ def _claim_statement(*, named: bool) -> sa.Update:
     """
     now = sa.bindparam("now", type_=UTCDateTime())
     candidate = _deliveries.alias("candidate")
-    pick = sa.select(candidate.c.id).where(claimable(candidate, now))
+    pick = sa.select(candidate.c.id).where(
+        claimable(candidate, now),
+        # Hosts this claim found full after all (no slot free on PostgreSQL, `claim_next`).
+        candidate.c.destination_host.not_in(sa.bindparam("skip_hosts", expanding=True)),
+    )
     if named:
         pick = pick.where(candidate.c.id.in_(sa.bindparam("among", expanding=True)))
     picked = (
@@ -115,6 +190,7 @@ def _claim_statement(*, named: bool) -> sa.Update:
             d.c.body,
             d.c.attempt_count,
             d.c.locked_until,
+            d.c.destination_host,
             of_user(_users.c.signing_secret).label("secret"),
             of_user(_users.c.previous_signing_secret).label("previous_secret"),
             of_user(_users.c.previous_secret_valid_until).label("previous_valid_until"),
@@ -124,7 +200,7 @@ def _claim_statement(*, named: bool) -> sa.Update:
             .scalar_subquery()
             .label("webhook_disabled_at"),
             sa.exists()
-            .where(claimable(other, now), other.c.id != outer_row(d.c.id))
+            .where(eligible(other, now), other.c.id != outer_row(d.c.id))
             .label("more_due"),
             # An attempt still in progress at the next claim is one whose worker died.
             sa.exists()
@@ -200,6 +276,96 @@ RECORD_ATTEMPT = (
         response_body=sa.bindparam("answer"),
     )
 )
+
+
+def next_in_line(ended: sa.Table) -> sa.ScalarSelect[int]:
+    """The first pending callback of the ended delivery's meeting to its URL: wake it now.
+
+    Written for an UPDATE's RETURNING (`outer_row`); an alert (no event) has no line.
+    """
+    following = _deliveries.alias("following")
+    return (
+        sa.select(following.c.id)
+        .where(
+            following.c.meeting_id == outer_row(ended.c.meeting_id),
+            following.c.callback_url == outer_row(ended.c.callback_url),
+            following.c.status == "pending",
+            following.c.event_id.is_not(None),
+            following.c.id != outer_row(ended.c.id),
+            outer_row(ended.c.event_id).is_not(None),
+        )
+        .order_by(following.c.meeting_sequence, following.c.id)
+        .limit(1)
+        .scalar_subquery()
+    )
+
+
+# The per-host bound on PostgreSQL (see `delivery_states.claim_next`): a claim also takes one
+# of its host's slots, SKIP LOCKED, so two claims never take the same one and never wait.
+_slots = cast("sa.Table", HostSlot.__table__)
+_slot_holder = _deliveries.alias("holder")
+TAKE_SLOT = (
+    sa.update(_slots)
+    .where(
+        _slots.c.host == sa.bindparam("slot_host"),
+        _slots.c.slot
+        == (
+            sa.select(_slots.c.slot)
+            .where(
+                _slots.c.host == sa.bindparam("slot_host"),
+                _slots.c.slot <= sa.bindparam("max_in_flight", type_=sa.Integer()),
+                # Free unless the delivery it names still holds the lease it names.
+                ~sa.exists().where(
+                    _slot_holder.c.id == _slots.c.delivery_id,
+                    _slot_holder.c.locked_until == _slots.c.locked_until,
+                    _slot_holder.c.locked_until > sa.bindparam("now", type_=UTCDateTime()),
+                ),
+            )
+            .order_by(_slots.c.slot)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        ),
+    )
+    .values(
+        delivery_id=sa.bindparam("claimed_id"),
+        locked_until=sa.bindparam("lease", type_=UTCDateTime()),
+    )
+    .returning(_slots.c.slot)
+)
+
+
+def add_slots(host: str, count: int) -> sa.Insert:
+    """Give a host its slots 1..count (those it has stay as they are)."""
+    return (
+        postgresql.insert(_slots)
+        .values([{"host": host, "slot": slot} for slot in range(1, count + 1)])
+        .on_conflict_do_nothing()
+    )
+
+
+UNCLAIM = (
+    sa.update(_deliveries)
+    .where(_deliveries.c.id == sa.bindparam("claimed_id"))
+    .values(attempt_count=_deliveries.c.attempt_count - 1, locked_until=None)
+)
+# A 429 or 503 slows its host: the host's other waiting deliveries wait as long as it does.
+HOLD_HOST = (
+    sa.update(_deliveries)
+    .where(
+        _deliveries.c.destination_host == sa.bindparam("host"),
+        _deliveries.c.destination_host != "",
+        _deliveries.c.status == "pending",
+        _deliveries.c.next_attempt_at < sa.bindparam("until", type_=UTCDateTime()),
+        sa.or_(
+            _deliveries.c.locked_until.is_(None),
+            _deliveries.c.locked_until <= sa.bindparam("now", type_=UTCDateTime()),
+        ),
+    )
+    .values(next_attempt_at=sa.bindparam("until", type_=UTCDateTime()), enqueue_count=0)
+)
+
+
 SUCCEED = (
     sa.update(_deliveries)
     .where(
@@ -217,7 +383,10 @@ SUCCEED = (
         # Written out: the Python-side onupdate is not applied to a statement with a WITH.
         updated_at=sa.bindparam("now", type_=UTCDateTime()),
     )
-    .returning(*alert_triggers.success_columns(_deliveries))
+    .returning(
+        *alert_triggers.success_columns(_deliveries),
+        next_in_line(_deliveries).label("next_in_line"),
+    )
 )
 # PostgreSQL: the attempt row's UPDATE rides along in the same statement (DML in WITH).
 SUCCEED_AND_LOG = SUCCEED.add_cte(RECORD_ATTEMPT.cte("logged"))

@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from core import task_names, wakeups
 from core.db import utcnow
-from core.models import Delivery, DeliveryAttempt, User, Webhook
+from core.models import Delivery, DeliveryAttempt, HostSlot, User, Webhook
 from core.services import accounts, alert_triggers
 from core.services import delivery_statements as sql
 from core.services.delivery_statements import WEBHOOK_DISABLED
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
 
 JITTER = 0.2
 RETRY_AFTER_STATUSES = (429, 503)
+# The per-host bound when a caller gives none (tests of other rules): no bound.
+UNBOUNDED = 2**31 - 1
 
 _jitter_source = random.SystemRandom()
 
@@ -50,8 +53,10 @@ _jitter_source = random.SystemRandom()
 class Claim:
     """A leased delivery: everything `send` needs, and the lease that fences `record`.
 
-    `more_due` says whether another delivery was due and free when it was claimed: the
-    queue is not empty (`workers.delivery_drain` then keeps claiming, and widens).
+    `more_due` says whether another delivery was due and free when it was claimed (it may
+    wait for an earlier one or for its host's slot): the queue is not empty
+    (`workers.delivery_drain` then keeps claiming, and widens; a lane that finds nothing
+    claimable stops). So a slot that an attempt frees is refilled by the lane that recorded it.
     """
 
     delivery_id: int
@@ -62,6 +67,7 @@ class Claim:
     body: str
     secrets: tuple[str, ...]
     more_due: bool = False
+    destination_host: str = ""
 
 
 @dataclass(frozen=True)
@@ -89,10 +95,18 @@ def claim(
     *,
     lease: dt.timedelta,
     max_attempts: int | None = None,
+    max_in_flight: int | None = None,
     now: dt.datetime | None = None,
 ) -> Claim | None:
     """Lease this delivery if it is due and open its attempt row; None if it is not ours now."""
-    return claim_next(session, among=[delivery_id], lease=lease, max_attempts=max_attempts, now=now)
+    return claim_next(
+        session,
+        among=[delivery_id],
+        lease=lease,
+        max_attempts=max_attempts,
+        max_in_flight=max_in_flight,
+        now=now,
+    )
 
 
 def claim_next(
@@ -101,6 +115,7 @@ def claim_next(
     among: Sequence[int] | None = None,
     lease: dt.timedelta,
     max_attempts: int | None = None,
+    max_in_flight: int | None = None,
     now: dt.datetime | None = None,
 ) -> Claim | None:
     """Lease the oldest due delivery (one of `among`, if given) and open its attempt row.
@@ -111,6 +126,11 @@ def claim_next(
     no result ever scheduled the next one), fails here without a request, and the next due
     one is claimed instead. `now` pins the time for tests; workers leave it out, so the clock
     is read once the transaction holds its locks (SQLite's is taken by BEGIN IMMEDIATE).
+
+    Which delivery may go is `delivery_statements.claimable`: it also waits behind an earlier
+    one of its meeting to its URL, and for a free slot of its host (`max_in_flight` leases).
+    SQLite's write lock makes the claim's count exact; on PostgreSQL two claims could count
+    the same free slot, so a claim also takes a slot row of its host (`_host_slot_held`).
     """
     connection = session.connection()
     together = connection.dialect.name == "postgresql"
@@ -123,14 +143,36 @@ def claim_next(
     # lease, and a lease counted from before the wait would run out mid-attempt and let a
     # second worker send the same delivery at the same time.
     now = utcnow() if now is None else now
+    bound = UNBOUNDED if max_in_flight is None else max_in_flight
+    full_hosts: list[str] = []
     while True:
-        params: dict[str, Any] = {"now": now, "lease": now + lease}
+        params: dict[str, Any] = {
+            "now": now,
+            "lease": now + lease,
+            "max_in_flight": bound,
+            "skip_hosts": full_hosts,
+        }
         if among is not None:
             params["among"] = list(among)
         row = connection.execute(statement, params).one_or_none()
         if row is None:
             return None
         opened = row.attempt_id if together else None
+        bounded = together and row.destination_host and max_in_flight is not None
+        if bounded and not _host_slot_held(
+            session,
+            row.destination_host,
+            claimed_id=row.id,
+            lease=row.locked_until,
+            bound=bound,
+            now=now,
+        ):
+            # Another claim took the host's last slot first: give this one back, skip the host.
+            # (Our row locks stay until commit: the slot we did not get is not ours to wait on.)
+            connection.execute(sql.DROP_ATTEMPT, {"opened": opened})
+            connection.execute(sql.UNCLAIM, {"claimed_id": row.id})
+            full_hosts.append(row.destination_host)
+            continue
         if row.interrupted:
             # A previous claim whose lease ran out never recorded its result: its worker died.
             connection.execute(sql.MARK_INTERRUPTED, {"claimed_id": row.id, "opened": opened})
@@ -163,7 +205,41 @@ def claim_next(
             body=row.body,
             secrets=tuple(accounts.active_signing_secrets(signer, now=now)),
             more_due=bool(row.more_due),
+            destination_host=row.destination_host,
         )
+
+
+def _host_slot_held(
+    session: Session,
+    host: str,
+    *,
+    claimed_id: int,
+    lease: dt.datetime,
+    bound: int,
+    now: dt.datetime,
+) -> bool:
+    """PostgreSQL: take one of the host's slots for this lease; False when all are busy.
+
+    The claim's own count (`claimable`) saw a snapshot: two claims could both have seen the
+    last free slot. A slot row is taken SKIP LOCKED and stays busy while this lease holds, so
+    of two such claims one finds no slot and gives its delivery back. A host seen for the
+    first time gets its slots here.
+    """
+    connection = session.connection()
+    params = {
+        "slot_host": host,
+        "max_in_flight": bound,
+        "now": now,
+        "claimed_id": claimed_id,
+        "lease": lease,
+    }
+    if connection.execute(sql.TAKE_SLOT, params).first() is not None:
+        return True
+    slots = connection.scalar(sa.select(sa.func.count()).where(HostSlot.host == host)) or 0
+    if slots >= bound:
+        return False
+    connection.execute(sql.add_slots(host, bound))
+    return connection.execute(sql.TAKE_SLOT, params).first() is not None
 
 
 def _fail_at_claim(
@@ -262,7 +338,21 @@ def record(
         fail(session, delivery, now)
         return Recorded(status="failed")
     _schedule_retry(session, delivery, now + delay, now)
+    if outcome.status_code in RETRY_AFTER_STATUSES:
+        hold_host(session, delivery.destination_host, now + delay, now)
     return Recorded(status="pending", next_attempt_at=delivery.next_attempt_at)
+
+
+def hold_host(session: Session, host: str, until: dt.datetime, now: dt.datetime) -> None:
+    """A 429 or 503: the host's other waiting deliveries wait until its retry is due too.
+
+    Only that host's: every other receiver is served as before. Deliveries already in flight
+    end as they end, and their own 429s push the wait further if the host says so. The sweep
+    wakes them once they are due again.
+    """
+    if host:
+        session.flush()
+        session.connection().execute(sql.HOLD_HOST, {"host": host, "until": until, "now": now})
 
 
 def _record_success(
@@ -287,7 +377,12 @@ def _record_success(
         )
         # Gone (its user was deleted), or our lease ran out and another worker holds it.
         return None if status is None else Recorded(status=status, stale=True)
-    alert_triggers.attempt_succeeded(session, alert_triggers.Succeeded(**ended._asdict()), now)
+    columns = ended._asdict()
+    following = columns.pop("next_in_line")
+    if following is not None:
+        # It may have waited for this one (ordered delivery): wake it now, not at the sweep.
+        wakeups.note(session, task_names.DELIVER, delivery_id=following)
+    alert_triggers.attempt_succeeded(session, alert_triggers.Succeeded(**columns), now)
     return Recorded(status="succeeded")
 
 
@@ -298,6 +393,31 @@ def fail(session: Session, delivery: Delivery, now: dt.datetime) -> None:
     """
     _complete(delivery, "failed", now)
     alert_triggers.delivery_failed(session, delivery, now)
+    wake_next_in_line(session, delivery)
+
+
+def wake_next_in_line(session: Session, delivery: Delivery) -> None:
+    """Note a wake-up for the first pending callback of the meeting to this one's URL.
+
+    Called once `delivery` is no longer pending: whatever waited for it (ordered delivery)
+    may go now, without waiting for the sweep.
+    """
+    if delivery.event_id is None or delivery.meeting_id is None:
+        return
+    following = session.scalar(
+        sa.select(Delivery.id)
+        .where(
+            Delivery.meeting_id == delivery.meeting_id,
+            Delivery.callback_url == delivery.callback_url,
+            Delivery.status == "pending",
+            Delivery.event_id.is_not(None),
+            Delivery.id != delivery.id,
+        )
+        .order_by(Delivery.meeting_sequence, Delivery.id)
+        .limit(1)
+    )
+    if following is not None:
+        wakeups.note(session, task_names.DELIVER, delivery_id=following)
 
 
 def _schedule_retry(

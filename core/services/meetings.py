@@ -210,11 +210,11 @@ def _register_one(
         ssrf.check_callback_url(url, allowed_networks)
     except ssrf.CallbackUrlRefused as refused:
         return Refused(refused.code, refused.message)
+    refusal = _options_refused(entry)
+    if refusal is not None:
+        return refusal
     custom = entry.get("customCallbackData")
-    # Measured as the UTF-8 bytes of its compact JSON ("ü" is two bytes, not a 6-byte escape).
-    compact = json.dumps(custom, separators=(",", ":"), ensure_ascii=False)
-    if len(compact.encode("utf-8", "surrogatepass")) > MAX_CUSTOM_DATA_BYTES:
-        return Refused("custom-data-too-large", "customCallbackData must be at most 4 KiB")
+    ordered = entry.get("ordered", True)
 
     hook = session.scalar(
         sa.select(Webhook).where(Webhook.meeting_id == meeting.id, Webhook.event_type == event_type)
@@ -225,11 +225,23 @@ def _register_one(
     hook.public_id = new_public_id("wh")
     hook.callback_url = url
     hook.custom_callback_data = custom
+    hook.ordered = ordered
     hook.created_at = utcnow()
     hook.disabled_at = None
     hook.disabled_reason = None
     session.flush()
     return Registered(webhook_id=hook.public_id)
+
+
+def _options_refused(entry: dict[str, Any]) -> Refused | None:
+    """Check an entry's options besides its URL: custom data's size, `ordered`'s type."""
+    # Measured as the UTF-8 bytes of its compact JSON ("ü" is two bytes, not a 6-byte escape).
+    compact = json.dumps(entry.get("customCallbackData"), separators=(",", ":"), ensure_ascii=False)
+    if len(compact.encode("utf-8", "surrogatepass")) > MAX_CUSTOM_DATA_BYTES:
+        return Refused("custom-data-too-large", "customCallbackData must be at most 4 KiB")
+    if not isinstance(entry.get("ordered", True), bool):
+        return Refused("invalid-ordered", "ordered must be true or false")
+    return None
 
 
 def use_presenter_link(session: Session, token: str, *, now: dt.datetime | None = None) -> Meeting:

@@ -14,6 +14,7 @@ import email.utils
 import http.cookiejar as http_cookiejar
 import logging
 import time
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -27,6 +28,23 @@ log = logging.getLogger(__name__)
 RESPONSE_BODY_LIMIT = 4096
 MAX_RETRY_AFTER = dt.timedelta(hours=24)
 USER_AGENT = "meetinghooks-webhooks/1.0"
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def destination_host(url: str) -> str:
+    """Return the `host:port` a callback URL is sent to, as the per-host bound counts it.
+
+    The port is part of it (two receivers behind one name but different ports are two
+    destinations); the default port of the scheme is written out, so that `https://a` and
+    `https://a:443` are one. An unreadable URL gives '' (it fails at its first attempt).
+    """
+    try:
+        parts = urllib.parse.urlsplit(url.strip())
+        port = parts.port or DEFAULT_PORTS.get(parts.scheme.lower(), 0)
+    except ValueError:
+        return ""
+    host = (parts.hostname or "").lower()
+    return f"{host}:{port}" if host else ""
 
 
 class Message(Protocol):

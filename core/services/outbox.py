@@ -20,6 +20,7 @@ from core import task_names, wakeups
 from core.models import Delivery, Webhook
 from core.security import new_public_id
 from core.services import backoff
+from core.services.outbound_http import destination_host
 from core.validation import isoformat
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ def _add_pending(
     """Add a pending delivery due now, with its own `webhook-id`; note its wake-up."""
     delivery = Delivery(
         message_id=new_public_id("msg"),
+        destination_host=destination_host(columns["callback_url"]),
         body=json.dumps(body, separators=(",", ":")),
         status="pending",
         next_attempt_at=now,
@@ -102,6 +104,7 @@ def create_for_event(
             event_type=event.type,
             meeting_sequence=meeting.event_sequence,
             callback_url=hook.callback_url,
+            ordered=hook.ordered,
         )
         created.append(delivery.id)
     return created

@@ -1,7 +1,7 @@
 """delivery replays and idempotency keys
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 Create Date: 2026-12-05 04:21:15.020123
 
 Each revision must work with the *previous* release of the code: split breaking changes over
@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
-down_revision = "0004"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 

@@ -600,6 +600,7 @@ class PoolsWorker(Worker):
             **super().environment(),
             "EVENT_CONCURRENCY": str(self.settings.event_concurrency),
             "DELIVERY_CONCURRENCY": str(self.settings.delivery_concurrency),
+            "DELIVERY_MAX_IN_FLIGHT_PER_HOST": str(self.settings.delivery_max_in_flight_per_host),
         }
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the command makes a fresh one
         return env

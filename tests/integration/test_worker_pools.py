@@ -175,8 +175,9 @@ def test_hanging_callbacks_do_not_hold_up_event_processing(
     pools_worker: PoolsWorker,
 ) -> None:
     # Attempts to this receiver cannot end before the read timeout, 60 s after they began.
+    # All 20 go to one host: its bound (8 by default) is raised so that all hang at once.
     pools_worker.settings = pools_worker.settings.model_copy(
-        update={"callback_timeout_seconds": 60}
+        update={"callback_timeout_seconds": 60, "delivery_max_in_flight_per_host": 20}
     )
     receiver.default = Answer(status=204, delay=150)
     first_hung: list[float] = []

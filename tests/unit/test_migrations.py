@@ -282,6 +282,17 @@ def check_0004(conn: Connection) -> None:
     assert tuple(row) == (1, None, 1, None)
 
 
+def check_0005(conn: Connection) -> None:
+    """The existing callback is ordered, knows its host; its webhook is ordered."""
+    row = conn.execute(
+        sa.text("SELECT ordered, destination_host FROM deliveries WHERE id = 1")
+    ).one()
+    assert (bool(row.ordered), row.destination_host) == (True, "hooks.example.com:443")
+    ordered = conn.execute(sa.text("SELECT ordered FROM webhooks WHERE id = 1")).scalar_one()
+    assert bool(ordered) is True
+    assert conn.execute(sa.text("SELECT count(*) FROM host_slots")).scalar_one() == 0
+
+
 def check_0006(conn: Connection) -> None:
     """The existing delivery is the event's first send: generation 0."""
     row = conn.execute(sa.text("SELECT generation, message_id FROM deliveries WHERE id = 1")).one()
@@ -341,6 +352,7 @@ REVISIONS: dict[str, Revision] = {
     "0002": Revision(check=check_0002),
     "0003": Revision(check=check_0003, downgrade_restores_rows=False),
     "0004": Revision(check=check_0004),
+    "0005": Revision(check=check_0005),
     "0006": Revision(seed=seed_0006, check=check_0006),
 }
 

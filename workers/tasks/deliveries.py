@@ -82,6 +82,7 @@ def run_delivery(
             delivery_id,
             lease=delivery_states.lease_duration(settings),
             max_attempts=len(settings.retry_schedule) + 1,
+            max_in_flight=settings.delivery_max_in_flight_per_host,
         )
     if claimed is None:
         return None
