@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+# Below gunicorn's keep-alive (2 s): an open-loop connection idle longer opens a new one.
+IDLE_RECONNECT_SECONDS = 1.0
 
 
 def in_process(function: Callable[..., T], **kwargs: Any) -> T:
@@ -118,6 +120,7 @@ async def _drive(
     async def connection() -> None:
         nonlocal index
         reader, writer = await asyncio.open_connection(host, port)
+        used = time.perf_counter()
         try:
             while index < len(requests_) and time.perf_counter() < deadline:
                 mine = index
@@ -126,6 +129,11 @@ async def _drive(
                 if rate is not None:  # open loop: latency counts from the scheduled time
                     scheduled = started + mine / rate
                     await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+                    if time.perf_counter() - used > IDLE_RECONNECT_SECONDS:
+                        # As a client's pool does: the server may be closing this idle
+                        # connection just as the request goes out.
+                        writer.close()
+                        reader, writer = await asyncio.open_connection(host, port)
                 msg_id, raw = requests_[mine]
                 try:
                     status, close = await _exchange(reader, writer, raw)
@@ -141,6 +149,7 @@ async def _drive(
                 if close:
                     writer.close()
                     reader, writer = await asyncio.open_connection(host, port)
+                used = time.perf_counter()
         finally:
             writer.close()
 

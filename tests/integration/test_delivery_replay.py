@@ -11,6 +11,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks import Webhook as StandardWebhook
 
+from core.config import Settings
 from core.models import Delivery, Event
 from core.services import accounts
 from tests.callback_receiver import CallbackReceiver
@@ -19,6 +20,12 @@ from tests.integration.conftest import Worker, wait_or_show_logs
 from tests.platform_events import post_event
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def it_settings(it_settings: Settings) -> Settings:
+    # One retry: the start's retries, then (in order) the end's, are spent in a few seconds.
+    return it_settings.model_copy(update={"retry_schedule": (1,)})
 
 
 def make_user(sessions: sessionmaker[Session], email: str) -> tuple[int, str, str]:

@@ -42,6 +42,12 @@ LANDED = {
     "2026_12_01_0004_alerts_and_a_general_outbox.py": (
         "3403f7c6876fd9dbd13c74267a2f26e12e72d81b64df1fd2f9315adbb1eeafb0"
     ),
+    "2026_12_05_0005_ordered_delivery_and_destination_hosts.py": (
+        "a10dcfdc1c1916bc659517129c2207ee823a2abe061663766e625eeb8cde4d58"
+    ),
+    "2026_12_05_0006_delivery_replays_and_idempotency_keys.py": (
+        "33be66079fc3699fe0d3f3e194be4c7a1acdd899e655e2ef44a20b7f1ccb77de"
+    ),
 }
 
 # Naive UTC, as the 0001 columns store it.
