@@ -191,3 +191,24 @@ def make_account(session_factory: sessionmaker[Session]) -> Callable[..., Accoun
 @pytest.fixture
 def account(make_account: Callable[..., Account]) -> Account:
     return make_account(email="alice@example.com", personal_url="alice")
+
+
+# What the PostgreSQL pass is for: every test that reaches the database. A test that never
+# does (pure functions, parsers, the CLI's argument handling) gives the same answer on either
+# backend, so it runs once, in the SQLite pass.
+DATABASE_FIXTURES = frozenset({"database_url", "it_database_url"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not TEST_DATABASE_URL or is_sqlite(TEST_DATABASE_URL):
+        return
+    backend_free = [
+        item
+        for item in items
+        if not DATABASE_FIXTURES & set(getattr(item, "fixturenames", ()))
+        and item.get_closest_marker("production") is None
+    ]
+    if backend_free:
+        config.hook.pytest_deselected(items=backend_free)
+        chosen = set(map(id, backend_free))
+        items[:] = [item for item in items if id(item) not in chosen]

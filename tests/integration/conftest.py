@@ -268,6 +268,27 @@ def _brokers() -> list[str]:
     return ["embedded"]
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run on RabbitMQ only the tests marked `every_broker`; the rest run on Redis.
+
+    Redis is the production broker. Where the broker's own behaviour decides the outcome (a
+    killed worker's unacknowledged messages, a restart, a lost or redelivered message, a warm
+    shutdown) RabbitMQ, whose acknowledgements work differently, must pass too. Elsewhere the
+    outcome is decided by the database, and a second broker would only run the test again.
+    """
+    redundant = [
+        item
+        for item in items
+        if getattr(item, "callspec", None) is not None
+        and item.callspec.params.get("broker") == "rabbitmq"
+        and item.get_closest_marker("every_broker") is None
+    ]
+    if redundant:
+        config.hook.pytest_deselected(items=redundant)
+        chosen = set(map(id, redundant))
+        items[:] = [item for item in items if id(item) not in chosen]
+
+
 def _flush_redis(url: str) -> Callable[[], None]:
     def flush() -> None:
         client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)

@@ -91,6 +91,7 @@ def test_one_wake_up_sends_a_whole_batch_on_many_threads(
     assert sorted(r.headers["webhook-id"] for r in got) == sorted(sent)  # each once
 
 
+@pytest.mark.every_broker
 def test_a_pool_killed_mid_drain_sends_each_held_callback_again_with_its_webhook_id(
     it_app: Flask,
     it_sessions: sessionmaker[Session],

@@ -119,6 +119,7 @@ def test_receiver_down_then_back_gets_every_callback(
         assert [m["type"] for m in mine] == ["meeting.start", "meeting.end"]
 
 
+@pytest.mark.every_broker
 def test_worker_killed_mid_delivery_redelivers_with_the_same_webhook_id(
     it_app: Flask,
     it_sessions: sessionmaker[Session],
@@ -205,6 +206,7 @@ def deliver_through_database_trouble(
     return cuts[0]
 
 
+@pytest.mark.every_broker
 def test_database_outage_mid_delivery_still_delivers_every_callback(
     it_app: Flask,
     it_sessions: sessionmaker[Session],
@@ -251,6 +253,7 @@ def test_locked_database_mid_delivery_still_delivers_every_callback(
     )
 
 
+@pytest.mark.every_broker
 def test_deliveries_whose_wake_up_messages_were_lost_are_sent_by_the_sweep(
     it_sessions: sessionmaker[Session],
     it_engine: Engine,

@@ -27,7 +27,7 @@ from tests.integration.conftest import (
 )
 from tests.platform_events import event_body, new_msg_id, post_event, signed_headers
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.every_broker]
 UNPROCESSED = sa.select(sa.func.count()).select_from(Event).where(Event.processed_at.is_(None))
 ALL_EVENTS = sa.select(sa.func.count()).select_from(Event)
 

@@ -217,6 +217,7 @@ def _hold_write_lock(database_url: str, held: threading.Event, release: threadin
     engine.dispose()
 
 
+@pytest.mark.every_broker
 def test_sigterm_lets_the_callback_attempt_in_flight_finish(
     it_app: Flask,
     it_sessions: sessionmaker[Session],
@@ -239,6 +240,7 @@ def test_sigterm_lets_the_callback_attempt_in_flight_finish(
     assert len(receiver.received) == 1
 
 
+@pytest.mark.every_broker
 def test_sigterm_lets_the_event_in_flight_be_processed_and_its_callback_sent_later(
     it_app: Flask,
     it_settings: Settings,
@@ -279,6 +281,7 @@ def test_sigterm_lets_the_event_in_flight_be_processed_and_its_callback_sent_lat
     wait_until(lambda: _deliveries(it_engine) == ["succeeded"], 30, "the delivery to succeed")
 
 
+@pytest.mark.every_broker
 def test_an_attempt_that_outlasts_the_bound_is_cut_off_and_sent_again_later(
     it_app: Flask,
     it_sessions: sessionmaker[Session],

@@ -62,6 +62,7 @@ def start_and_wake(worker: PoolsWorker, app: Flask, delivery_ids: list[int]) -> 
         send(DELIVER, {"delivery_id": delivery_id})
 
 
+@pytest.mark.every_broker
 def test_wake_ups_in_bursts_never_make_two_attempts_of_one_delivery_at_once(
     it_app: Flask,
     it_sessions: sessionmaker[Session],
@@ -167,6 +168,7 @@ def test_receivers_trickling_their_answer_are_cut_off_at_twice_the_timeout_each(
                for s in lasted.values()), lasted  # fmt: skip
 
 
+@pytest.mark.every_broker
 def test_hanging_callbacks_do_not_hold_up_event_processing(
     it_app: Flask,
     it_sessions: sessionmaker[Session],
