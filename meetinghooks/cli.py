@@ -27,7 +27,7 @@ from core.errors import ConfigError, DomainError
 from core.metrics_export import registry_for
 from core.models import SCOPES
 from core.services import accounts
-from meetinghooks import analytics_cli, replay_cli, simulate, slow_clients
+from meetinghooks import analytics_cli, parent_death, replay_cli, simulate, slow_clients
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -295,7 +295,8 @@ def _supervise(
     each child then gets exactly one SIGTERM (had the terminal's SIGINT reached them too,
     gunicorn could take our SIGTERM, arriving during its quick shutdown, as a request for a
     graceful one, and a Celery worker would go from warm to cold shutdown). What still runs
-    `grace` seconds later, or at a second Ctrl-C, is killed with its whole process group.
+    `grace` seconds later, or at a second Ctrl-C, is killed with its whole process group. Should
+    we be killed outright, each child gets a SIGTERM from the kernel (`parent_death`).
     """
     signals = 0
 
@@ -309,7 +310,7 @@ def _supervise(
     started: list[float] = []
 
     def start(argv: list[str]) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(argv, env=env, start_new_session=True)
+        return subprocess.Popen(parent_death.launched(argv), env=env, start_new_session=True)
 
     try:
         for argv in argvs:
