@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from core import task_names, wakeups
 from core.db import insert_unless_present, insert_unless_present_returning, utcnow
-from core.models import Event, Meeting
+from core.models import Delivery, Event, Meeting, Webhook
 from core.security import new_public_id
 from core.services import alert_triggers, outbox
 
@@ -207,20 +207,45 @@ def apply_event(session: Session, event_id: int, *, now: dt.datetime | None = No
         if event.meeting_id is not None
         else None
     )
+    others: list[Event] = []
+    if meeting is not None:
+        others = list(
+            session.scalars(
+                sa.select(Event).where(
+                    Event.meeting_id == meeting.id,
+                    Event.processed_at.is_not(None),
+                    Event.id != event.id,
+                )
+            )
+        )
+    made = _apply(session, event, meeting, others, now=now)
+    return Applied(
+        outcome=event.outcome or "applied",
+        delivery_ids=outbox.wake(session, made),
+        event_type=event.type,
+    )
+
+
+def _apply(
+    session: Session,
+    event: Event,
+    meeting: Meeting | None,
+    others: Sequence[Event],
+    *,
+    now: dt.datetime,
+    hooks: Sequence[Webhook] | None = None,
+) -> list[Delivery]:
+    """Fold `event` into its locked meeting, given the meeting's processed events (`others`).
+
+    Return the deliveries it made, added but not yet flushed: the caller wakes them.
+    """
     if meeting is None:
         event.outcome = "unknown-meeting"
         event.processed_at = now
-        return Applied(outcome=event.outcome, event_type=event.type)
+        return []
 
     # Every processed event of the meeting, whatever each one's outcome was: the meeting is a
     # function of the set of its events, never of their arrival order.
-    others = session.scalars(
-        sa.select(Event).where(
-            Event.meeting_id == meeting.id,
-            Event.processed_at.is_not(None),
-            Event.id != event.id,
-        )
-    ).all()
     known = [
         Happened(id=e.id, type=e.type, at=e.occurred_at, was_applied=e.outcome == "applied")
         for e in others
@@ -247,7 +272,7 @@ def apply_event(session: Session, event_id: int, *, now: dt.datetime | None = No
         after.ended_at,
     )
     meeting.duration_seconds = after.duration_seconds
-    delivery_ids: list[int] = []
+    made: list[Delivery] = []
     for defining_id, was, is_ in (
         (after.start_id, start_was, start_is),
         (after.end_id, end_was, end_is),
@@ -256,27 +281,74 @@ def apply_event(session: Session, event_id: int, *, now: dt.datetime | None = No
             continue
         # One sequence number per batch: a correction is numbered after what it corrects.
         meeting.event_sequence += 1
-        session.flush()
-        delivery_ids += outbox.create_for_event(session, by_id[defining_id], meeting, now=now)
+        made += outbox.create_for_event(session, by_id[defining_id], meeting, now=now, hooks=hooks)
     if meeting.status == "ended" and end_was != end_is:
         alert_triggers.meeting_ended(session, meeting, now)
-    return Applied(outcome=event.outcome, delivery_ids=delivery_ids, event_type=event.type)
+    return made
 
 
 def apply_batch(session: Session, event_ids: Sequence[int]) -> list[Applied]:
     """Apply recorded events in one transaction; skip those applied or held by another worker.
 
     Each event is locked up front without waiting (SKIP LOCKED: a worker holding one is
-    applying it), then applied in meeting order, so two batches take their meetings' locks in
-    the same order and never deadlock. SQLite's write lock serializes batches instead.
+    applying it), then their meetings in id order, so two batches never deadlock (SQLite's
+    write lock serializes batches instead). What the events need is read in a few statements
+    for the whole batch (the meetings' processed events, their live webhooks), and the new
+    deliveries are written in one flush: the work per event is the fold.
     """
-    claimable = session.scalars(
-        sa.select(Event.id)
+    now = utcnow()
+    claimed = session.scalars(
+        sa.select(Event)
         .where(Event.id.in_(event_ids), Event.processed_at.is_(None))
         .order_by(Event.meeting_id, Event.id)
         .with_for_update(skip_locked=True)
+        .execution_options(populate_existing=True)
     ).all()
-    return [apply_event(session, event_id) for event_id in claimable]
+    meeting_ids = sorted({e.meeting_id for e in claimed if e.meeting_id is not None})
+    meetings = {
+        m.id: m
+        for m in session.scalars(
+            sa.select(Meeting)
+            .where(Meeting.id.in_(meeting_ids))
+            .order_by(Meeting.id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    }
+    processed: dict[int, list[Event]] = {meeting_id: [] for meeting_id in meetings}
+    hooks: dict[int, list[Webhook]] = {meeting_id: [] for meeting_id in meetings}
+    if meetings:
+        for known in session.scalars(
+            sa.select(Event).where(
+                Event.meeting_id.in_(meeting_ids), Event.processed_at.is_not(None)
+            )
+        ):
+            processed[known.meeting_id or 0].append(known)
+        for hook in session.scalars(
+            sa.select(Webhook).where(
+                Webhook.meeting_id.in_(meeting_ids), Webhook.disabled_at.is_(None)
+            )
+        ):
+            hooks[hook.meeting_id].append(hook)
+    made: list[tuple[Event, list[Delivery]]] = []
+    for event in claimed:
+        meeting = meetings.get(event.meeting_id) if event.meeting_id is not None else None
+        if meeting is None:
+            made.append((event, _apply(session, event, None, [], now=now)))
+            continue
+        others = processed[meeting.id]
+        made.append(
+            (event, _apply(session, event, meeting, list(others), now=now, hooks=hooks[meeting.id]))
+        )
+        others.append(event)  # the next event of this meeting in the batch knows it
+    return [
+        Applied(
+            outcome=event.outcome or "applied",
+            delivery_ids=outbox.wake(session, deliveries),
+            event_type=event.type,
+        )
+        for event, deliveries in made
+    ]
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The inbox sweep: events recorded but not yet processed, because a wake-up was lost."""
+"""The inbox: events recorded but not yet processed, the drain's claim and the sweep."""
 
 from __future__ import annotations
 
@@ -41,8 +41,30 @@ def stale_unprocessed(
     )
 
 
+def claim_fresh(session: Session, *, limit: int) -> list[int]:
+    """Lock up to `limit` unprocessed events no other worker holds, oldest first.
+
+    Only events that never needed a second try (`enqueue_count` 0): one the sweep re-sent, or
+    that failed in a drain, is tried again by its own message, on the sweep's back-off, so a
+    poisoned event cannot fail every drain. The lock is held until the caller's commit.
+    """
+    return list(
+        session.scalars(
+            sa.select(Event.id)
+            .where(Event.processed_at.is_(None), Event.enqueue_count == 0)
+            .order_by(Event.received_at, Event.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    )
+
+
 def mark_enqueued(session: Session, event_ids: list[int], now: dt.datetime) -> None:
-    """Note that the sweep re-sent these events (a growing count flags a poisoned event)."""
+    """Count a second try of these events: the sweep re-sent them, or they failed in a drain.
+
+    Either way the sweep waits its back-off before the next re-send, and a growing count
+    flags a poisoned event.
+    """
     if event_ids:
         session.execute(
             sa.update(Event)

@@ -54,11 +54,9 @@ def callback_body(event: Event, meeting: Meeting, webhook: Webhook) -> dict[str,
     }
 
 
-def _add_pending(
-    session: Session, body: dict[str, Any], *, now: dt.datetime, **columns: Any
-) -> Delivery:
-    """Add a pending delivery due now, with its own `webhook-id`; note its wake-up."""
-    delivery = Delivery(
+def _pending(body: dict[str, Any], *, now: dt.datetime, **columns: Any) -> Delivery:
+    """Return a new pending delivery due now, with its own `webhook-id` (not yet added)."""
+    return Delivery(
         message_id=new_public_id("msg"),
         destination_host=destination_host(columns["callback_url"]),
         body=json.dumps(body, separators=(",", ":")),
@@ -67,34 +65,44 @@ def _add_pending(
         last_enqueued_at=now,
         **columns,
     )
-    session.add(delivery)
-    session.flush()
-    wakeups.note(session, task_names.DELIVER, delivery_id=delivery.id)
-    return delivery
+
+
+def wake(session: Session, deliveries: Sequence[Delivery]) -> list[int]:
+    """Flush new deliveries (one flush for all: their ids) and note each one's wake-up."""
+    if deliveries:
+        session.flush()
+    for delivery in deliveries:
+        wakeups.note(session, task_names.DELIVER, delivery_id=delivery.id)
+    return [delivery.id for delivery in deliveries]
 
 
 def create_for_event(
-    session: Session, event: Event, meeting: Meeting, *, now: dt.datetime
-) -> list[int]:
-    """Write one pending delivery per live webhook registered for the event's type.
+    session: Session,
+    event: Event,
+    meeting: Meeting,
+    *,
+    now: dt.datetime,
+    hooks: Sequence[Webhook] | None = None,
+) -> list[Delivery]:
+    """Add one pending delivery per live webhook registered for the event's type.
 
     The body is the meeting as it stands now, at its current `event_sequence`: when a late
     event corrects what an event's callback said, the callback is made again, as a new row with
-    a new `webhook-id` at the new sequence. Each row's wake-up is noted for after commit, so
-    the sweep counts them as woken (`last_enqueued_at`) and leaves them alone unless that
-    message is lost.
+    a new `webhook-id` at the new sequence. `hooks` are the meeting's live webhooks when the
+    caller loaded them already (a batch), else they are read here. The caller flushes and
+    notes their wake-ups (`wake`), so that the sweep counts them as woken (`last_enqueued_at`)
+    and leaves them alone unless that message is lost.
     """
-    hooks = session.scalars(
-        sa.select(Webhook).where(
-            Webhook.meeting_id == meeting.id,
-            Webhook.event_type == event.type,
-            Webhook.disabled_at.is_(None),
-        )
-    ).all()
-    created = []
-    for hook in hooks:
-        delivery = _add_pending(
-            session,
+    if hooks is None:
+        hooks = session.scalars(
+            sa.select(Webhook).where(
+                Webhook.meeting_id == meeting.id,
+                Webhook.event_type == event.type,
+                Webhook.disabled_at.is_(None),
+            )
+        ).all()
+    created = [
+        _pending(
             callback_body(event, meeting, hook),
             now=now,
             event_id=event.id,
@@ -106,7 +114,10 @@ def create_for_event(
             callback_url=hook.callback_url,
             ordered=hook.ordered,
         )
-        created.append(delivery.id)
+        for hook in hooks
+        if hook.event_type == event.type and hook.disabled_at is None
+    ]
+    session.add_all(created)
     return created
 
 
@@ -114,8 +125,7 @@ def create_for_alert(
     session: Session, alert: Alert, rule: AlertRule, body: dict[str, Any], *, now: dt.datetime
 ) -> Delivery:
     """Write the pending delivery of a fired alert to its rule's URL; note its wake-up."""
-    return _add_pending(
-        session,
+    delivery = _pending(
         body,
         now=now,
         alert_id=alert.id,
@@ -125,6 +135,9 @@ def create_for_alert(
         event_type=f"alert.{alert.type}",
         callback_url=rule.callback_url,
     )
+    session.add(delivery)
+    wake(session, [delivery])
+    return delivery
 
 
 def due_ids(

@@ -88,15 +88,41 @@ def test_posted_event_is_processed_within_seconds(
     assert elapsed < 15, f"processed {elapsed:.1f}s after it was posted"
 
 
+def waiting_on_a_lock(engine: Engine) -> bool:
+    """Whether a session of this PostgreSQL database waits for a row lock."""
+    with engine.connect() as conn:
+        return bool(
+            conn.scalar(
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND wait_event_type = 'Lock'"
+                )
+            )
+        )
+
+
 def test_worker_killed_mid_stream_loses_nothing(
     it_app: Flask, it_sessions: sessionmaker[Session], it_engine: Engine, worker: Worker
 ) -> None:
     meeting_ids = make_meetings(it_sessions, 220)
     # 200 wake-ups wait in the broker; the worker starts on them and is killed mid-stream.
     acknowledged = [post_event(it_app, meeting_id) for meeting_id in meeting_ids[:200]]
-    worker.start()
-    wait_until(lambda: count(it_engine, UNPROCESSED) <= 190, 60, "the worker to get going")
-    worker.kill()  # kill -9 of the whole group: pool children with unacked tasks die too
+    # A drain applies a hundred events a transaction, in well under a second: the test holds
+    # the worker inside one, so that the kill cannot come after the last. On PostgreSQL it
+    # locks the meeting of the 151st event (transactions without it commit; the one holding it
+    # waits), on SQLite the whole database (the worker waits in its first transaction).
+    holder = it_sessions()
+    holder.execute(sa.select(Meeting.id).where(Meeting.id == meeting_ids[150]).with_for_update())
+    try:
+        worker.start()
+        if is_sqlite(it_engine.url):
+            wait_until(lambda: " received" in worker.logs(), 60, "the worker to take messages")
+        else:
+            wait_until(lambda: count(it_engine, UNPROCESSED) < 200, 60, "some events applied")
+            wait_until(lambda: waiting_on_a_lock(it_engine), 60, "a batch to wait for the lock")
+        worker.kill()  # kill -9 of the whole group: pool children with unacked tasks die too
+    finally:
+        holder.close()
     in_flight = count(it_engine, UNPROCESSED)
     assert in_flight > 0
     # Events keep arriving while no worker runs.

@@ -296,7 +296,14 @@ def test_every_counter_after_a_scripted_flow(
     assert value(received, "meetinghooks_scrape_collector_success", collector="queue_lag") == 1
 
     # --- the worker's counters --------------------------------------------------------------
-    assert named(worked, "meetinghooks_events_processed_total") == {
+    # Without the wake-ups that found their event applied already (by another one's drain):
+    # how many there are depends on timing.
+    processed = {
+        labels: count
+        for labels, count in named(worked, "meetinghooks_events_processed_total").items()
+        if ("outcome", "already-processed") not in labels
+    }
+    assert processed == {
         frozenset({("type", "meeting.start"), ("outcome", "applied")}): 1,
         frozenset({("type", "meeting.end"), ("outcome", "applied")}): 1,
         frozenset({("type", "meeting.start"), ("outcome", "unknown-meeting")}): 1,

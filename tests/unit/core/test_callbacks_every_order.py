@@ -18,7 +18,7 @@ from core.services import events
 from core.services.events import END, START
 from core.validation import isoformat
 from tests.conftest import Account
-from tests.deliveries_helpers import deliver_event, make_meeting_with_hooks
+from tests.deliveries_helpers import deliver_event, make_meeting_with_hooks, record
 
 T0 = dt.datetime(2026, 11, 24, 10, 0, tzinfo=dt.UTC)
 STATUS_RANK = {"scheduled": 0, "started": 1, "ended": 2}
@@ -179,4 +179,49 @@ def test_every_arrival_order_sends_the_same_callbacks(
             if outcomes != Counter(expected_outcomes):
                 broken.append(f"{arrival}: outcomes {sorted(map(str, outcomes.elements()))}")
     # Every arrival order: the same meeting, the same outcomes, the same callbacks.
+    assert not broken, "\n".join(broken)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_the_same_events_applied_in_batches_send_the_same_callbacks(
+    session_factory: sessionmaker[Session],
+    make_account: Callable[..., Account],
+    name: str,
+) -> None:
+    """A wake-up's drain applies many events per transaction: the result must not change."""
+    happened, final, expected_outcomes = CASES[name]
+    account = make_account(email="batches@example.com", personal_url="batches")
+    broken: list[str] = []
+    for number, order in enumerate(itertools.permutations(range(len(happened)))):
+        # The first events of the order one at a time, the rest in one batch: 0..n of them.
+        alone = number % (len(happened) + 1)
+        meeting_id = new_meeting(session_factory, account.id, number)
+        reported: list[int] = []
+        for index in order[:alone]:
+            reported += record_and_apply(session_factory, meeting_id, *happened[index]).delivery_ids
+        batch = [
+            record(
+                session_factory,
+                meeting_id,
+                happened[i][0],
+                T0 + dt.timedelta(minutes=happened[i][1]),
+            )
+            for i in order[alone:]
+        ]
+        with session_factory.begin() as session:
+            applied = events.apply_batch(session, batch)
+        assert len(applied) == len(batch)
+        reported += [i for a in applied for i in a.delivery_ids]
+        with session_factory() as session:
+            meeting = session.get_one(Meeting, meeting_id)
+            arrival = " ".join(f"{happened[i][0][8:]}@{happened[i][1]}" for i in order)
+            arrival += f" ({alone} alone)"
+            broken += [f"{arrival}: {problem}" for problem in problems(session, meeting, reported)]
+            outcomes = Counter(
+                session.scalars(sa.select(Event.outcome).where(Event.meeting_id == meeting_id))
+            )
+            if shown(meeting) != expected_state(final):
+                broken.append(f"{arrival}: the meeting is {shown(meeting)}")
+            if outcomes != Counter(expected_outcomes):
+                broken.append(f"{arrival}: outcomes {sorted(map(str, outcomes.elements()))}")
     assert not broken, "\n".join(broken)

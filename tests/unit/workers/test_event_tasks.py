@@ -284,12 +284,12 @@ class TestProcessEvents:
     ) -> None:
         _, sent = celery_app
         now = dt.datetime.now(dt.UTC)
+        done = record(session_factory, None)
+        process_event(event_id=done)  # already applied: the batch leaves it alone
+        sent.clear()
         start = record(session_factory, meeting_with_hook)
         end = record_typed(session_factory, meeting_with_hook, "meeting.end", now)
         unknown = record(session_factory, None)
-        done = record(session_factory, meeting_with_hook)
-        process_event(event_id=done)  # already applied: the batch leaves it alone
-        sent.clear()
 
         assert process_events(event_ids=[end, unknown, done, start, 424242]) == 3
         assert process_events(event_ids=[end, start]) == 0  # a repeated message does nothing
@@ -313,17 +313,21 @@ class TestProcessEvents:
     ) -> None:
         poisoned = record(session_factory, None)
         healthy = [record(session_factory, None) for _ in range(3)]
-        apply_event = events.apply_event
+        apply = events._apply
 
-        def fails_on_one(session: Session, event_id: int) -> events.Applied:
-            if event_id == poisoned:
+        def fails_on_one(session: Session, event: Event, *args: Any, **kwargs: Any) -> Any:
+            if event.id == poisoned:
                 raise KeyError("bug")
-            return apply_event(session, event_id)
+            return apply(session, event, *args, **kwargs)
 
-        monkeypatch.setattr(events, "apply_event", fails_on_one)
+        # What applying one event does, in a batch and alone.
+        monkeypatch.setattr(events, "_apply", fails_on_one)
         assert process_events(event_ids=[poisoned, *healthy]) == 3
         assert unprocessed(session_factory) == 1  # the sweep re-sends it on its own
         assert f"workers.event.failed event={poisoned}" in caplog.text
+        with session_factory() as session:
+            # Counted as a second try: out of the drains, on the sweep's back-off.
+            assert session.get_one(Event, poisoned).enqueue_count == 1
 
     def test_a_transient_database_error_retries_the_batch(
         self,
@@ -346,6 +350,89 @@ class TestProcessEvents:
         assert unprocessed(session_factory) == 2
 
 
+class TestInboxDrain:
+    """A wake-up goes on to apply the fresh events waiting in the inbox, a batch at a time."""
+
+    def test_one_wake_up_applies_every_event_whose_message_was_lost(
+        self,
+        celery_app: tuple[Celery, Sent],
+        session_factory: sessionmaker[Session],
+        meeting_with_hook: int,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        _, sent = celery_app
+        monkeypatch.setattr(event_tasks, "DRAIN_BATCH", 4)
+        woken = record(session_factory, meeting_with_hook)
+        # Nine more whose wake-ups never went out: more than two full batches.
+        lost = [record(session_factory, None) for _ in range(9)]
+        sent.clear()
+        claims: list[int] = []
+        claim_fresh = inbox.claim_fresh
+
+        def counted(session: Session, *, limit: int) -> list[int]:
+            claimed = claim_fresh(session, limit=limit)
+            claims.append(len(claimed))
+            return claimed
+
+        monkeypatch.setattr(inbox, "claim_fresh", counted)
+
+        assert process_event(event_id=woken) == "applied"
+        assert unprocessed(session_factory) == 0
+        assert claims == [4, 4, 1]  # stops at the first batch short of full
+        with session_factory() as session:
+            outcomes = session.scalars(sa.select(Event.outcome).where(Event.id.in_(lost))).all()
+        assert outcomes == ["unknown-meeting"] * 9
+        # Their own messages, when they come, find nothing to do.
+        assert process_events(event_ids=lost) == 0
+        assert [name for name, _, _ in sent] == [task_names.DELIVER]  # the woken start's
+
+    def test_events_the_sweep_re_sent_are_left_to_their_own_messages(
+        self,
+        celery_app: tuple[Celery, Sent],
+        session_factory: sessionmaker[Session],
+    ) -> None:
+        woken = record(session_factory, None)
+        fresh = record(session_factory, None)
+        resent = record(session_factory, None, age=60, resent=1, last_resent_age=1)
+
+        process_event(event_id=woken)
+
+        with session_factory() as session:
+            assert session.get_one(Event, fresh).processed_at is not None
+            assert session.get_one(Event, resent).processed_at is None
+
+    def test_an_event_that_fails_in_a_drain_is_set_aside_and_the_rest_applied(
+        self,
+        celery_app: tuple[Celery, Sent],
+        session_factory: sessionmaker[Session],
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        woken = record(session_factory, None)
+        poisoned = record(session_factory, None)
+        healthy = [record(session_factory, None) for _ in range(3)]
+        apply = events._apply
+        tries: list[int] = []
+
+        def fails_on_one(session: Session, event: Event, *args: Any, **kwargs: Any) -> Any:
+            if event.id == poisoned:
+                tries.append(event.id)
+                raise KeyError("bug")
+            return apply(session, event, *args, **kwargs)
+
+        monkeypatch.setattr(events, "_apply", fails_on_one)
+        process_event(event_id=woken)
+        process_event(event_id=woken)  # a second wake-up's drain does not try it again
+
+        assert unprocessed(session_factory) == 1
+        assert tries == [poisoned, poisoned]  # in the batch, then on its own; never again
+        assert f"workers.event.failed event={poisoned}" in caplog.text
+        with session_factory() as session:
+            assert session.get_one(Event, poisoned).enqueue_count == 1
+            applied = session.scalars(sa.select(Event.processed_at).where(Event.id.in_(healthy)))
+            assert all(at is not None for at in applied)
+
+
 class TestSweepInbox:
     def test_requeues_only_stale_unprocessed_events(
         self,
@@ -357,7 +444,8 @@ class TestSweepInbox:
         stale = record(session_factory, meeting_with_hook, age=60)
         record(session_factory, meeting_with_hook, age=0)  # just arrived: its wake-up is coming
         done = record(session_factory, meeting_with_hook, age=60)
-        process_event(event_id=done)
+        with session_factory.begin() as session:
+            events.apply_event(session, done)  # alone: a wake-up's drain would apply them all
 
         assert sweep_inbox() == 1
         assert swept == [({"event_id": stale}, EVENTS_QUEUE)]
