@@ -16,6 +16,7 @@ to its lease and the sweep, which sends it again with the same `webhook-id`.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import os
 import random
@@ -27,7 +28,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from celery.worker import state as worker_state
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from core import metrics
 from core.services import delivery_states, outbound_http
@@ -56,12 +58,14 @@ def one_connection(session_factory: sessionmaker[Session]) -> Iterator[Begin]:
     A drain makes a short transaction per attempt; checking a connection out of the pool for
     each (and pinging it, `pool_pre_ping`) cost more than its statements. Sessions still
     come from `session_factory`, so its after-commit wake-ups go out as before.
+
+    On PostgreSQL the connection plans without bitmap scans meanwhile (`without_bitmap_scans`).
     """
     engine = session_factory.kw.get("bind")
     if not isinstance(engine, Engine):
         yield session_factory.begin
         return
-    with engine.connect() as connection:
+    with engine.connect() as connection, without_bitmap_scans(connection):
 
         @contextmanager
         def begin() -> Iterator[Session]:
@@ -69,6 +73,33 @@ def one_connection(session_factory: sessionmaker[Session]) -> Iterator[Begin]:
                 yield session
 
         yield begin
+
+
+@contextmanager
+def without_bitmap_scans(connection: Connection) -> Iterator[None]:
+    """Turn PostgreSQL's bitmap scans off for this connection until the block ends.
+
+    Every statement of an attempt finds its rows through an index that stops at the first
+    match or probes a handful (the claim's pick, its host's live leases, the callbacks ahead
+    of it). When the statistics last saw no pending delivery (a quiet hour before a backlog),
+    the planner took `status = 'pending'` for a rare value and ANDed a bitmap of every pending
+    delivery into those probes: each claim read the whole backlog. Measured (EXPLAIN ANALYZE
+    of the claim, 2,000 then 20,000 pending): 0.45 then 1.0 ms with bitmap scans, 0.20 and
+    0.21 ms without. A plain SET, committed, so that the attempts' own transactions keep it;
+    RESET before the connection goes back to the pool.
+    """
+    if connection.dialect.name != "postgresql":
+        yield
+        return
+    connection.exec_driver_sql("SET enable_bitmapscan = off")
+    connection.commit()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(SQLAlchemyError):  # a broken connection is discarded anyway
+            connection.rollback()
+            connection.exec_driver_sql("RESET enable_bitmapscan")
+            connection.commit()
 
 
 def attempt(

@@ -436,3 +436,24 @@ class TestDeliveriesPoolBroker:
         assert app.conf.broker_transport_options["visibility_timeout"] == (
             celery_module.VISIBILITY_TIMEOUT
         )
+
+
+def test_a_drain_plans_without_bitmap_scans_and_gives_its_connection_back_as_it_was(
+    session_factory: sessionmaker[Session],
+) -> None:
+    """Its probes must stop at the first match, whatever the statistics say (a backlog)."""
+    engine = session_factory.kw["bind"]
+    if engine.dialect.name != "postgresql":
+        pytest.skip("a PostgreSQL planner setting")
+    show = sa.text("SHOW enable_bitmapscan")
+    with delivery_drain.one_connection(session_factory) as begin:
+        for _ in range(2):  # and it stays so from one attempt's transaction to the next
+            with begin() as session:
+                assert session.scalar(show) == "off"
+                held = session.connection().connection.dbapi_connection
+    assert held is not None
+    # Back in the pool, the same server session plans as every other again.
+    with held.cursor() as cursor:
+        cursor.execute("SHOW enable_bitmapscan")
+        assert cursor.fetchone() == ("on",)
+    held.rollback()
