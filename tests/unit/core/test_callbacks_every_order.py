@@ -145,13 +145,34 @@ def problems(session: Session, meeting: Meeting, reported: list[int]) -> list[st
     return found
 
 
+def end_problems(
+    session_factory: sessionmaker[Session],
+    meeting_id: int,
+    reported: list[int],
+    case: tuple[list[tuple[str, int]], tuple[Any, ...], list[str]],
+) -> list[str]:
+    """Tell what differs, once every event is in, from the case's meeting, outcomes, callbacks."""
+    _, final, expected_outcomes = case
+    with session_factory() as session:
+        meeting = session.get_one(Meeting, meeting_id)
+        found = problems(session, meeting, reported)
+        outcomes = Counter(
+            session.scalars(sa.select(Event.outcome).where(Event.meeting_id == meeting_id))
+        )
+    if shown(meeting) != expected_state(final):
+        found.append(f"the meeting is {shown(meeting)}")
+    if outcomes != Counter(expected_outcomes):
+        found.append(f"outcomes {sorted(map(str, outcomes.elements()))}")
+    return found
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_every_arrival_order_sends_the_same_callbacks(
     session_factory: sessionmaker[Session],
     make_account: Callable[..., Account],
     name: str,
 ) -> None:
-    happened, final, expected_outcomes = CASES[name]
+    happened = CASES[name][0]
     account = make_account(email="orders@example.com", personal_url="orders")
     broken: list[str] = []
     for number, order in enumerate(itertools.permutations(range(len(happened)))):
@@ -166,18 +187,11 @@ def test_every_arrival_order_sends_the_same_callbacks(
                 assert meeting is not None
                 assert STATUS_RANK[meeting.status] >= rank  # never backwards
                 rank = STATUS_RANK[meeting.status]
-        with session_factory() as session:
-            meeting = session.get(Meeting, meeting_id)
-            assert meeting is not None
-            arrival = " ".join(f"{happened[i][0][8:]}@{happened[i][1]}" for i in order)
-            broken += [f"{arrival}: {problem}" for problem in problems(session, meeting, reported)]
-            outcomes = Counter(
-                session.scalars(sa.select(Event.outcome).where(Event.meeting_id == meeting_id))
-            )
-            if shown(meeting) != expected_state(final):
-                broken.append(f"{arrival}: the meeting is {shown(meeting)}")
-            if outcomes != Counter(expected_outcomes):
-                broken.append(f"{arrival}: outcomes {sorted(map(str, outcomes.elements()))}")
+        arrival = " ".join(f"{happened[i][0][8:]}@{happened[i][1]}" for i in order)
+        broken += [
+            f"{arrival}: {problem}"
+            for problem in end_problems(session_factory, meeting_id, reported, CASES[name])
+        ]
     # Every arrival order: the same meeting, the same outcomes, the same callbacks.
     assert not broken, "\n".join(broken)
 
@@ -189,7 +203,7 @@ def test_the_same_events_applied_in_batches_send_the_same_callbacks(
     name: str,
 ) -> None:
     """A wake-up's drain applies many events per transaction: the result must not change."""
-    happened, final, expected_outcomes = CASES[name]
+    happened = CASES[name][0]
     account = make_account(email="batches@example.com", personal_url="batches")
     broken: list[str] = []
     for number, order in enumerate(itertools.permutations(range(len(happened)))):
@@ -212,16 +226,9 @@ def test_the_same_events_applied_in_batches_send_the_same_callbacks(
             applied = events.apply_batch(session, batch)
         assert len(applied) == len(batch)
         reported += [i for a in applied for i in a.delivery_ids]
-        with session_factory() as session:
-            meeting = session.get_one(Meeting, meeting_id)
-            arrival = " ".join(f"{happened[i][0][8:]}@{happened[i][1]}" for i in order)
-            arrival += f" ({alone} alone)"
-            broken += [f"{arrival}: {problem}" for problem in problems(session, meeting, reported)]
-            outcomes = Counter(
-                session.scalars(sa.select(Event.outcome).where(Event.meeting_id == meeting_id))
-            )
-            if shown(meeting) != expected_state(final):
-                broken.append(f"{arrival}: the meeting is {shown(meeting)}")
-            if outcomes != Counter(expected_outcomes):
-                broken.append(f"{arrival}: outcomes {sorted(map(str, outcomes.elements()))}")
+        arrival = " ".join(f"{happened[i][0][8:]}@{happened[i][1]}" for i in order)
+        broken += [
+            f"{arrival} ({alone} alone): {problem}"
+            for problem in end_problems(session_factory, meeting_id, reported, CASES[name])
+        ]
     assert not broken, "\n".join(broken)
