@@ -180,6 +180,21 @@ class Stack:
             else:
                 raise SystemExit(f"bench: {name} could not be paused outside a transaction")
 
+    def vacuum_unless_autovacuum(self) -> bool:
+        """VACUUM (ANALYZE) the run's database when the server's autovacuum is off; say so.
+
+        Production servers run autovacuum (PostgreSQL's default); some machines here have it
+        off, and a queue table that is never vacuumed grows dead row versions every round (two
+        updates per delivery): each round's claims walked more of them than the last.
+        """
+        engine = sa.create_engine(self.database_url, poolclass=sa.NullPool)
+        with engine.connect() as conn:
+            if conn.exec_driver_sql("SHOW autovacuum").scalar() == "on":
+                return False
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("VACUUM (ANALYZE)")
+        return True
+
     def transactions_open(self) -> int:
         """Count the sessions of the run's database, but this one, inside a transaction."""
         with sa.create_engine(self.database_url, poolclass=sa.NullPool).connect() as conn:

@@ -208,6 +208,9 @@ def measure(run: Run, args: argparse.Namespace) -> dict[str, list[float]]:
     run.bare(1)
     run.drain(warm.result.acknowledged)
     for number in range(1, args.rounds + 1):
+        # Outside every timed phase: what autovacuum would have done in the meantime.
+        if stack.vacuum_unless_autovacuum() and number == 1:
+            print("autovacuum is off on this server: the bench vacuums before each round")
         candidate = run.ingest("fast", INGEST_CAP, args.seconds)
         bare = run.bare(args.seconds)
         raw8 = run.psycopg(WEB_WORKERS * WEB_THREADS, args.seconds)
